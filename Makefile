@@ -1,0 +1,38 @@
+# Set-up, demo and tests. Every target creates .venv when it is missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed-stamp
+
+.PHONY: setup demo test test-slow lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 found (set PYTHON=...)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# The main job. For now: one small model trained on `copy`, recorded in ./mlflow.db.
+demo: setup
+	$(BIN)/harness train --task copy --attention multihead --optimizer adam
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Fast suite (slow accuracy-target runs excluded), lint and format check first.
+test: lint
+	$(BIN)/pytest -q
+
+# The long real training runs behind the accuracy targets (CI runs them too).
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns .pytest_cache .ruff_cache

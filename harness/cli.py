@@ -1,0 +1,160 @@
+"""The `harness` command line. Exit codes: 0 done, 2 the user's input is wrong, 1 anything else.
+
+Heavy imports (torch, Lightning, MLflow) happen inside the commands that need them, so
+`harness --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from harness.errors import UserError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="harness",
+        description="Compare attention mechanisms and optimizers across tasks, tracked in MLflow.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="tasks, attention kinds and optimizers, with their parameters")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("train", help="train one model on one task and record it in MLflow")
+    p.add_argument("--task", required=True, help="a task name (see `harness list`)")
+    p.add_argument("--attention", required=True, help="an attention kind")
+    p.add_argument("--optimizer", required=True, help="an optimizer")
+    p.add_argument("--lr", type=float, help="learning rate (default: the optimizer's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and data")
+    p.add_argument("--steps", type=int, help="training steps (default: the task's)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter, e.g. model.d_k=32 or task.length=20 (repeatable)",
+    )
+    p.add_argument("--experiment", default="train", help="MLflow experiment (default: train)")
+    p.add_argument(
+        "--accelerator", default="auto", help="Lightning accelerator: auto (default), cpu, gpu"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_tracking_uri(p)
+    p.set_defaults(handler=cmd_train)
+    return parser
+
+
+def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from harness.config import MODEL_DEFAULTS, TRAIN_DEFAULTS
+    from harness.models.attention import ATTENTION
+    from harness.optim import OPTIMIZERS, SHARED_PARAMS
+    from tasks import TASKS
+
+    console = Console()
+    table = _table("Tasks (--task; --set task.NAME=VALUE)", "task", "target", "steps")
+    for t in TASKS.values():
+        target = f"{t.metric} {'<=' if t.metric == 'bpc' else '>='} {t.target:g}"
+        about = _about(f"{t.description} [{t.kind}]", t.params)
+        table.add_row(t.name, target, str(t.default_steps), about)
+    console.print(table)
+
+    table = _table("Attention kinds (--attention; --set attention.NAME=VALUE)", "attention")
+    for a in ATTENTION.values():
+        table.add_row(a.name, _about(a.description, a.params))
+    console.print(table)
+
+    table = _table("Optimizers (--optimizer; --set optim.NAME=VALUE)", "optimizer", "lr")
+    for o in OPTIMIZERS.values():
+        grid = "tuning grid: " + ", ".join(f"{lr:g}" for lr in o.lr_grid)
+        table.add_row(o.name, f"{o.default_lr:g}", _about(o.description, o.params) + f"\n{grid}")
+    console.print(table)
+    console.print(f"Every optimizer also takes (optim.*): {_kv(SHARED_PARAMS)}")
+    console.print(f"Model (model.*): {_kv(MODEL_DEFAULTS)}")
+    console.print(f"Training (train.*): {_kv(TRAIN_DEFAULTS)}")
+    return 0
+
+
+def _table(title: str, *columns: str) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=True, title_justify="left")
+    for i, col in enumerate(columns):
+        table.add_column(col, no_wrap=True, style="bold" if i == 0 else None)
+    table.add_column("description and parameters")
+    return table
+
+
+def _about(description: str, params: dict[str, Any]) -> str:
+    return f"{description}\n[dim]{_kv(params)}[/dim]" if params else description
+
+
+def _kv(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from harness.config import parse_set_options, resolve
+    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)
+    cfg = resolve(
+        args.task,
+        args.attention,
+        args.optimizer,
+        lr=args.lr,
+        seed=args.seed,
+        steps=args.steps,
+        overrides=parse_set_options(args.set),
+    )
+    from harness.train import train_run
+
+    result = train_run(
+        cfg,
+        tracking_uri=uri,
+        experiment=args.experiment,
+        accelerator=args.accelerator,
+        progress=not args.no_progress,
+    )
+    print(f"run {result.run_id}  {cfg.run_name}  outcome={result.outcome}")
+    for key in sorted(result.metrics):
+        print(f"  {key:<10} {result.metrics[key]:.4f}")
+    if "unigram_bpc" in result.data_info:
+        print(f"  unigram entropy of the corpus: {float(result.data_info['unigram_bpc']):.4f} bpc")
+    print(f"  {result.seconds:.1f} s; stored in {uri} (experiment {args.experiment!r})")
+    print(f"  browse: mlflow ui --backend-store-uri {_ui_uri(uri)}")
+    return 0
+
+
+def _ui_uri(uri: str) -> str:
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""One training run: resolved config -> task data -> Lightning Trainer -> one MLflow run.
+
+Everything the user can get wrong (task parameters, corpus paths, attention parameters) is
+checked by `prepare`, before the MLflow run exists, so bad input never leaves a run behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from mlflow import MlflowClient
+
+from harness.config import RunConfig
+from harness.errors import UserError
+from harness.models.lightning_module import AttentionTaskModule, Batch
+from harness.probe import attention_figure, attention_maps
+from harness.progress import StepProgress
+from harness.tracking import MlflowRunLogger, StepMetrics, run_tags
+from tasks import Split, Task, TaskData, TaskInputError, get_task
+
+EVAL_BATCH_SIZE = 500
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    outcome: str  # "ok" or "diverged"
+    metrics: dict[str, float]  # latest val/* and test/* values
+    data_info: dict[str, float | int | str]
+    seconds: float
+
+
+def prepare(cfg: RunConfig) -> tuple[Task, TaskData, AttentionTaskModule]:
+    """Build the data and the model, turning the user's mistakes into `UserError`."""
+    task = get_task(cfg.task)
+    try:
+        data = task.build(cfg.task_params, cfg.seed)
+    except TaskInputError as err:
+        raise UserError(str(err)) from None
+    torch.manual_seed(cfg.seed)  # parameter initialisation
+    try:
+        module = AttentionTaskModule(cfg, task, data)
+    except ValueError as err:  # attention parameters the kind rejects (e.g. n_heads vs d_model)
+        raise UserError(f"attention {cfg.attention}: {err}") from None
+    return task, data, module
+
+
+def train_run(
+    cfg: RunConfig,
+    *,
+    tracking_uri: str,
+    experiment: str,
+    grid: str = "adhoc",
+    parent_run_id: str | None = None,
+    accelerator: str = "auto",
+    progress: bool = False,
+) -> RunResult:
+    """Train and evaluate one cell, recording it as one MLflow run."""
+    started = time.perf_counter()
+    _quiet_lightning()
+    _, data, module = prepare(cfg)
+    steps_cb = StepMetrics(cfg.train["log_every"], cfg.train["batch_size"] * data.seq_len)
+    callbacks: list[pl.Callback] = [steps_cb]
+    if progress:
+        callbacks.append(StepProgress(cfg.run_name, cfg.steps, steps_cb))
+    trainer = _trainer(cfg, accelerator, callbacks)
+    device = trainer.strategy.root_device
+
+    params = cfg.flat_params() | {f"data.{k}": str(v) for k, v in data.info.items()}
+    tags = run_tags(cfg.cell_id, cfg.phase, grid, device.type)
+    client = MlflowClient(tracking_uri)
+    logger = MlflowRunLogger.start_run(
+        client, experiment, cfg.run_name, params, tags, parent_run_id
+    )
+    trainer.loggers = [logger]
+    try:
+        outcome = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
+        logger.client.log_dict(logger.run_id, cfg.to_dict(), "config.json")
+        if outcome == "ok":
+            _log_attention_figure(logger, module, data, cfg)
+        logger.finish("FINISHED", outcome)
+    except (KeyboardInterrupt, SystemExit):
+        logger.finish("KILLED", "killed")
+        raise
+    except Exception:
+        logger.finish("FAILED", "failed", traceback.format_exc())
+        raise
+    return RunResult(
+        logger.run_id, outcome, dict(module.eval_metrics), data.info, time.perf_counter() - started
+    )
+
+
+def _fit_and_test(
+    trainer: pl.Trainer,
+    module: AttentionTaskModule,
+    data: TaskData,
+    cfg: RunConfig,
+    device: torch.device,
+    steps_cb: StepMetrics,
+) -> str:
+    train = RandomBatches(_to_device(data.train, device), cfg.train["batch_size"], cfg.seed)
+    val = EvalBatches(_to_device(data.val, device))
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    if steps_cb.diverged_at is not None:
+        module.logger.set_tags({"harness.diverged_at_step": str(steps_cb.diverged_at)})
+        return "diverged"
+    if trainer.global_step % cfg.train["val_every"] != 0:  # always end on a validation
+        trainer.validate(module, val, verbose=False)
+    trainer.test(module, EvalBatches(_to_device(data.test, device)), verbose=False)
+    return "ok"
+
+
+def _trainer(cfg: RunConfig, accelerator: str, callbacks: list[pl.Callback]) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=cfg.steps,
+        val_check_interval=cfg.train["val_every"],
+        check_val_every_n_epoch=None,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+    )
+
+
+def _log_attention_figure(
+    logger: MlflowRunLogger, module: AttentionTaskModule, data: TaskData, cfg: RunConfig
+) -> None:
+    fig = attention_figure(attention_maps(module, data), data, cfg.run_name)
+    logger.client.log_figure(logger.run_id, fig, "attention_maps.png")
+
+
+class RandomBatches:
+    """Endless training batches: a fresh permutation of the split every pass, from `seed`."""
+
+    def __init__(self, split: Split, batch_size: int, seed: int) -> None:
+        self.split, self.batch_size = split, min(batch_size, len(split))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.split)
+        while True:
+            order = torch.randperm(n, generator=self.generator).to(self.split.x.device)
+            for start in range(0, n - self.batch_size + 1, self.batch_size):
+                yield _batch(self.split, order[start : start + self.batch_size])
+
+
+class EvalBatches:
+    """The whole split in fixed order (a plain list would read as several loaders)."""
+
+    def __init__(self, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> None:
+        n = len(split)
+        self.batches = [
+            _batch(split, slice(i, min(i + batch_size, n))) for i in range(0, n, batch_size)
+        ]
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _batch(split: Split, index: torch.Tensor | slice) -> Batch:
+    batch = {"x": split.x[index], "y": split.y[index]}
+    if split.score_mask is not None:
+        batch["score_mask"] = split.score_mask[index]
+    if split.padding is not None:
+        batch["padding"] = split.padding[index]
+    return batch
+
+
+def _to_device(split: Split, device: torch.device) -> Split:
+    """Data goes to the device once per run, not once per batch."""
+    move = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return Split(move(split.x), move(split.y), move(split.score_mask), move(split.padding))
+
+
+def _quiet_lightning() -> None:
+    """Lightning's start-up chatter and its advice for big data loaders do not apply here."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`training_step` returned.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")

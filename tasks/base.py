@@ -1,0 +1,82 @@
+"""What every task provides: its declaration (`Task`) and its data (`TaskData`).
+
+A task is a registry entry, not a class hierarchy: a name, what kind of
+prediction it asks for, how it is scored, its parameters with defaults, and a
+`build` function that turns parameters and a seed into tensors.
+
+Conventions shared by all tasks:
+- Inputs are token ids, shape (N, L), dtype long, right-padded with id 0 when
+  sequences differ in length (`padding` is then True at padded positions).
+- Per-token tasks (`kind="token"`) give targets of shape (N, L) and a boolean
+  `score_mask` of the same shape saying which positions are scored; targets at
+  unscored positions are 0 and never read.
+- Classification tasks (`kind="classification"`) give targets of shape (N,).
+- Validation and test splits depend only on the task parameters; the run seed
+  changes the training data (fresh samples for synthetic tasks) and its order,
+  so seeds are independent repetitions evaluated on the same held-out data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+Kind = Literal["token", "classification"]
+MetricName = Literal["acc", "bpc"]
+
+
+class TaskInputError(ValueError):
+    """Bad task input the user can fix (a missing corpus, a file without the named column).
+
+    The message is one line that names the bad value; the CLI prints it and exits 2.
+    """
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # (N, L) long token ids
+    y: torch.Tensor  # (N, L) long for token tasks, (N,) long for classification
+    score_mask: torch.Tensor | None = None  # (N, L) bool, token tasks only
+    padding: torch.Tensor | None = None  # (N, L) bool, True where padded
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    train: Split
+    val: Split
+    test: Split
+    vocab_size: int  # number of input token ids (embedding rows)
+    n_outputs: int  # classes, or output vocabulary for per-token tasks
+    # Facts about the data worth recording with the run (logged as `data.<key>`),
+    # e.g. the corpus's unigram entropy in bits per character for char_lm.
+    info: dict[str, float | int | str] = field(default_factory=dict)
+    # Optional readable token names, for labelling attention maps.
+    itos: list[str] | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.x.shape[1]
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: Kind
+    metric: MetricName
+    # Time-to-target threshold on the metric (reached when acc >= target, or bpc <= target).
+    target: float
+    causal: bool  # whether the model may only look at earlier positions
+    default_steps: int  # training steps when the user gives none
+    params: Mapping[str, Any]  # every parameter with its default value
+    build: Callable[[Mapping[str, Any], int], TaskData]  # (resolved params, seed) -> data
+    description: str
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric != "bpc"
