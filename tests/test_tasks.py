@@ -1,0 +1,462 @@
+"""Task data: conventions of tasks/base.py, determinism, per-task correctness, bad inputs."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from tasks import TASKS, TaskData, TaskInputError, get_task
+from tasks.corpus import read_corpus
+from tasks.text import eval_starts
+from tasks.tokenizers import PAD, UNK, build_tokenizer
+
+ALL = sorted(TASKS)
+SYNTHETIC = ["copy", "reverse", "sort", "assoc_recall", "selective_copy"]
+
+
+def build(name: str, seed: int = 0, **overrides: object) -> TaskData:
+    task = get_task(name)
+    return task.build({**task.params, **overrides}, seed)
+
+
+@functools.cache
+def default(name: str, seed: int = 0) -> TaskData:
+    """Default-parameter data, built once per (task, seed) for the whole test module."""
+    return build(name, seed)
+
+
+def splits(data: TaskData) -> dict:
+    return {"train": data.train, "val": data.val, "test": data.test}
+
+
+def assert_same(a: TaskData, b: TaskData) -> None:
+    for name, split in splits(a).items():
+        other = splits(b)[name]
+        for field in ("x", "y", "score_mask", "padding"):
+            left, right = getattr(split, field), getattr(other, field)
+            assert (left is None) == (right is None), (name, field)
+            if left is not None:
+                assert torch.equal(left, right), (name, field)
+
+
+# ---- every registered task ----
+
+
+def test_registry_has_the_tasks() -> None:
+    assert set(ALL) == {*SYNTHETIC, "char_lm", "text_cls"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_declaration(name: str) -> None:
+    task = TASKS[name]
+    assert task.kind in ("token", "classification")
+    assert task.metric in ("acc", "bpc")
+    assert task.default_steps > 0 and task.description
+    assert 0 < task.target < 1 if task.metric == "acc" else task.target > 0
+    for key, value in task.params.items():
+        assert type(value) in (int, float, str, bool), (key, value)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_shapes_dtypes_and_ranges(name: str) -> None:
+    task, data = TASKS[name], default(name)
+    width = data.train.x.shape[1]
+    for split_name, split in splits(data).items():
+        x, y = split.x, split.y
+        assert x.dtype == torch.long and x.ndim == 2 and x.shape[1] == width, split_name
+        assert len(split) > 0 and y.dtype == torch.long
+        assert x.min() >= 0 and x.max() < data.vocab_size
+        assert y.min() >= 0 and y.max() < data.n_outputs
+        if task.kind == "token":
+            assert y.shape == x.shape and split.score_mask is not None
+            assert split.score_mask.dtype == torch.bool and split.score_mask.shape == x.shape
+            assert split.score_mask.any(dim=1).all(), "every row has a scored position"
+            assert (y[~split.score_mask] == 0).all()
+        else:
+            assert y.shape == (len(split),) and split.score_mask is None
+            assert split.padding is not None and split.padding.shape == x.shape
+    if data.itos is not None:
+        assert len(data.itos) == data.vocab_size
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_synthetic_split_sizes(name: str) -> None:
+    data = default(name)
+    assert (len(data.train), len(data.val), len(data.test)) == (20000, 1000, 1000)
+    assert len(build(name, n_train=50).train) == 50
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_same_seed_same_data(name: str) -> None:
+    assert_same(default(name), build(name, seed=0))
+
+
+DIGEST = """
+import hashlib, sys
+from tasks import get_task
+for name in sys.argv[1:]:
+    task = get_task(name)
+    data = task.build(dict(task.params), 3)
+    digest = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        digest.update(split.x.numpy().tobytes() + split.y.numpy().tobytes())
+    print(name, digest.hexdigest(), data.info)
+"""
+
+
+def test_text_tasks_identical_across_processes() -> None:
+    """In-process caches hide nondeterminism (hash order): build in two fresh interpreters."""
+    outputs = set()
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run(
+            [sys.executable, "-c", DIGEST, "char_lm", "text_cls"],
+            env=env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        outputs.add(run.stdout)
+    assert len(outputs) == 1 and "text_cls" in outputs.pop()
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_seed_changes_train_only(name: str) -> None:
+    a, b = default(name, 0), default(name, 1)
+    assert not torch.equal(a.train.x, b.train.x)
+    for split in ("val", "test"):
+        assert torch.equal(getattr(a, split).x, getattr(b, split).x)
+        assert torch.equal(getattr(a, split).y, getattr(b, split).y)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_train_differs_from_held_out(name: str) -> None:
+    data = default(name)
+    assert not torch.equal(data.train.x[:1000], data.val.x)
+    assert not torch.equal(data.val.x, data.test.x)
+
+
+# ---- synthetic tasks ----
+
+
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        ("copy", lambda d: d),
+        ("reverse", lambda d: d.flip(1)),
+        ("sort", lambda d: d.sort(dim=1).values),
+    ],
+)
+def test_slot_task_targets(name: str, answer) -> None:
+    n, vocab = 7, 5
+    data = build(name, length=n, vocab_size=vocab, n_train=300)
+    assert (data.vocab_size, data.n_outputs) == (vocab + 2, vocab)
+    for split in splits(data).values():
+        x, y, mask = split.x, split.y, split.score_mask
+        assert x.shape[1] == 2 * n + 1
+        assert (
+            (x[:, :n] < vocab).all()
+            and (x[:, n] == vocab).all()
+            and (x[:, n + 1 :] == vocab + 1).all()
+        )
+        assert mask[:, n + 1 :].all() and not mask[:, : n + 1].any()
+        assert torch.equal(y[:, n + 1 :], answer(x[:, :n]))
+
+
+def test_sort_keeps_duplicates() -> None:
+    x, y = default("sort").val.x, default("sort").val.y
+    row = next(i for i in range(len(x)) if x[i, :10].unique().numel() < 10)
+    assert sorted(x[row, :10].tolist()) == y[row, 11:].tolist()
+
+
+def test_assoc_recall_answers_are_the_paired_values() -> None:
+    p, q, n_keys, n_values = 6, 4, 10, 7
+    data = build("assoc_recall", n_pairs=p, n_queries=q, n_keys=n_keys, n_values=n_values)
+    assert data.vocab_size == n_keys + n_values and get_task("assoc_recall").causal
+    for split in splits(data).values():
+        x, y, mask = split.x, split.y, split.score_mask
+        assert x.shape[1] == 2 * p + 2 * q
+        assert int(mask.sum(dim=1).unique().item()) == q
+        for row in range(0, len(x), 97):
+            tokens, targets = x[row].tolist(), y[row].tolist()
+            keys, values = tokens[0 : 2 * p : 2], tokens[1 : 2 * p : 2]
+            assert len(set(keys)) == p and all(k < n_keys for k in keys)
+            assert all(n_keys <= v < n_keys + n_values for v in values)
+            pairs = dict(zip(keys, values, strict=True))
+            queries = tokens[2 * p :: 2]
+            assert len(set(queries)) == q and set(queries) <= set(keys)
+            for j, key in enumerate(queries):
+                pos = 2 * p + 2 * j
+                assert mask[row, pos] and targets[pos] == pairs[key] == tokens[pos + 1]
+            assert mask[row].nonzero().flatten().tolist() == list(range(2 * p, 2 * p + 2 * q, 2))
+
+
+def test_selective_copy_targets_are_the_data_in_order() -> None:
+    length, n_data, vocab = 20, 5, 6
+    data = build("selective_copy", length=length, n_data=n_data, vocab_size=vocab)
+    noise, sep = vocab, vocab + 1
+    for split in splits(data).values():
+        x, y, mask = split.x, split.y, split.score_mask
+        assert x.shape[1] == length + 1 + n_data and (x[:, length] == sep).all()
+        region = x[:, :length]
+        assert ((region != noise).sum(dim=1) == n_data).all()
+        assert torch.equal(region[region != noise].view(-1, n_data), y[:, -n_data:])
+        assert mask[:, -n_data:].all() and not mask[:, :-n_data].any()
+    positions = [tuple((r != noise).nonzero().flatten().tolist()) for r in data.val.x[:, :length]]
+    assert len(set(positions)) > 100, "data positions vary between samples"
+
+
+# ---- char_lm ----
+
+
+def test_char_lm_default_corpus() -> None:
+    data = default("char_lm")
+    text = read_corpus("pydoc_data")
+    assert data.info["corpus_chars"] == len(text) > 400_000
+    assert 3 < data.info["unigram_bpc"] < 6
+    assert data.info["vocab_size"] == data.vocab_size == data.n_outputs == len(data.itos)
+    assert data.itos[:2] == ["<pad>", "<unk>"] and set(data.itos[2:]) <= set(text)
+    for split in splits(data).values():
+        assert torch.equal(split.y[:, :-1], split.x[:, 1:])
+        assert split.score_mask.all() and split.x.shape[1] == 128
+    window = "".join(data.itos[i] for i in [*data.test.x[0].tolist(), data.test.y[0, -1].item()])
+    assert window in text[int(0.95 * len(text)) :]
+    assert 100 < len(data.val) <= 200 and 100 < len(data.test) <= 200
+
+
+def test_char_lm_eval_windows_are_non_overlapping_and_spread() -> None:
+    seq_len = 16
+    data = build("char_lm", seq_len=seq_len)
+    text = read_corpus("pydoc_data")
+    val_text = text[int(0.9 * len(text)) : int(0.95 * len(text))]
+    starts = eval_starts(len(val_text), seq_len)
+    assert len(starts) == len(data.val) == 200
+    assert (starts % seq_len == 0).all() and (starts.diff() >= seq_len).all()
+    assert starts[0] == 0 and starts[-1] == ((len(val_text) - 1) // seq_len - 1) * seq_len
+    for row, start in zip(data.val.x.tolist(), starts.tolist(), strict=True):
+        assert "".join(data.itos[i] for i in row) == val_text[start : start + seq_len]
+
+
+def test_char_lm_from_file(tmp_path: Path) -> None:
+    text = "".join(f"Line {i}: the quick brown fox jumps.\n" for i in range(300)) + "Z" * 40
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    data = build("char_lm", corpus=str(path), seq_len=32, n_train=100)
+    assert data.info["corpus_chars"] == len(text)
+    assert "Z" not in data.itos, "the vocabulary comes from the train region only"
+    assert (data.test.y == UNK).any(), "characters unseen in training are UNK"
+    decoded = "".join(data.itos[i] for i in data.train.x[0].tolist())
+    assert decoded in text[: int(0.9 * len(text))]
+    assert data.train.x.shape == (100, 32)
+
+
+def test_char_lm_unigram_bpc_by_hand(tmp_path: Path) -> None:
+    path = tmp_path / "ab.txt"
+    path.write_text("ab" * 50 + "aaaa" * 10, encoding="utf-8")  # 140 chars
+    data = build("char_lm", corpus=str(path), seq_len=2, n_train=10)
+    # train region: 126 chars (ab x 50 then a x 26) -> counts a 76, b 50, unk 0 (+1 each)
+    expected = -torch.tensor(77 / 129).log2().item()  # the test region is all "a"
+    assert data.info["unigram_bpc"] == pytest.approx(expected)
+
+
+def test_char_lm_from_folder(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "z.txt").write_text("first file " * 100, encoding="utf-8")
+    (tmp_path / "b.txt").write_text("second file " * 100, encoding="utf-8")
+    (tmp_path / ".hidden").write_bytes(b"\0binary")
+    text = read_corpus(str(tmp_path))
+    assert text == "first file " * 100 + "\n" + "second file " * 100 + "\n"
+    data = build("char_lm", corpus=str(tmp_path), seq_len=8, n_train=20)
+    assert data.info["corpus_chars"] == len(text)
+    assert set(data.itos[2:]) == set(text[: int(0.9 * len(text))])
+
+
+# ---- text_cls ----
+
+CLASS_WORDS = {"cats": "meow purr whiskers", "dogs": "bark fetch tail", "fish": "swim fin gill"}
+
+
+def labelled_rows(per_class: int = 20) -> list[dict]:
+    return [
+        {"text": f"The {words} story number {i}!", "label": label, "id": i}
+        for label, words in CLASS_WORDS.items()
+        for i in range(per_class)
+    ]
+
+
+def write_table(rows: list[dict], path: Path) -> Path:
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif path.suffix == ".csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_text_cls_from_local_file(tmp_path: Path, suffix: str) -> None:
+    path = write_table(labelled_rows(), tmp_path / f"data{suffix}")
+    data = build("text_cls", source=str(path), max_len=16, min_freq=1)
+    classes = sorted(CLASS_WORDS)
+    assert data.n_outputs == data.info["n_classes"] == 3
+    assert data.info["classes"] == ",".join(classes)
+    assert [len(s) for s in splits(data).values()] == [48, 6, 6]  # 80/10/10 of 20 per class
+    assert data.info["majority_acc"] == pytest.approx(2 / 6)
+    for split in splits(data).values():
+        assert torch.bincount(split.y, minlength=3).unique().numel() == 1, "stratified"
+        for row, label in zip(split.x.tolist(), split.y.tolist(), strict=True):
+            words = [data.itos[i] for i in row if i != PAD]
+            assert words[:2] == ["the", CLASS_WORDS[classes[label]].split()[0]]
+
+
+def test_text_cls_integer_labels_and_custom_columns(tmp_path: Path) -> None:
+    rows = [
+        {"body": r["text"], "y": sorted(CLASS_WORDS).index(r["label"])} for r in labelled_rows()
+    ]
+    path = write_table(rows, tmp_path / "data.jsonl")
+    data = build("text_cls", source=str(path), text_column="body", label_column="y")
+    assert data.info["classes"] == "0,1,2"
+    for split in splits(data).values():
+        for row, label in zip(split.x.tolist(), split.y.tolist(), strict=True):
+            assert data.itos[row[1]] == CLASS_WORDS[sorted(CLASS_WORDS)[label]].split()[0]
+
+
+def test_text_cls_padding_truncation_and_empty_text(tmp_path: Path) -> None:
+    rows = labelled_rows() + [{"text": "", "label": "cats", "id": -1}] * 10
+    path = write_table(rows, tmp_path / "data.csv")
+    data = build("text_cls", source=str(path), max_len=4, min_freq=1, tokenizer="word")
+    x = torch.cat([s.x for s in splits(data).values()])
+    padding = torch.cat([s.padding for s in splits(data).values()])
+    assert x.shape[1] == 4 and torch.equal(padding, x == PAD)
+    assert (~padding[:, 0]).all(), "every row keeps a real token"
+    assert ((x[:, 0] == UNK) & padding[:, 1:].all(dim=1)).sum() == 10
+    assert (~padding).all(dim=1).sum() == 60, "long texts are truncated to max_len"
+
+
+def test_text_cls_char_tokenizer(tmp_path: Path) -> None:
+    path = write_table(labelled_rows(), tmp_path / "data.csv")
+    data = build("text_cls", source=str(path), tokenizer="char", max_len=12, min_freq=1)
+    assert all(len(t) == 1 for t in data.itos[2:])
+    assert (
+        "".join(data.itos[i] for i in data.val.x[0].tolist())
+        == "The " + "".join(CLASS_WORDS[sorted(CLASS_WORDS)[data.val.y[0].item()]])[:8]
+    )
+
+
+def test_text_cls_stdlib_docs() -> None:
+    data = default("text_cls")
+    assert data.info["classes"] == "asyncio,email,logging,xml"
+    y = torch.cat([s.y for s in splits(data).values()])
+    counts = torch.bincount(y, minlength=4)
+    assert (counts >= 150).all() and counts.sum() > 800, counts
+    assert data.info["majority_acc"] < 0.4
+    assert 500 < data.vocab_size <= 5000
+    assert len(data.val) > 80 and len(data.test) > 80
+
+
+def test_text_cls_vocabulary_from_train_only_and_rows_without_label(tmp_path: Path) -> None:
+    rows = [
+        {"text": f"{r['label']} unique{n}", "label": r["label"]}
+        for n, r in enumerate(labelled_rows())
+    ]
+    rows += [{"text": "no label here", "label": ""}] * 5
+    path = write_table(rows, tmp_path / "data.csv")
+    data = build("text_cls", source=str(path), min_freq=1)
+    assert sum(len(s) for s in splits(data).values()) == 60, "rows without a label are dropped"
+    assert "label" not in data.itos
+    assert data.vocab_size == 2 + 3 + len(data.train), "class words + one unique word per train row"
+    for split in (data.val, data.test):
+        assert (split.x[:, 1] == UNK).all(), "words seen only outside train are UNK"
+    assert (data.train.x[:, 1] != UNK).all()
+
+
+def test_text_cls_majority_baseline(tmp_path: Path) -> None:
+    rows = labelled_rows() + [{"text": f"meow more {i}", "label": "cats"} for i in range(20)]
+    data = build("text_cls", source=str(write_table(rows, tmp_path / "data.jsonl")))
+    assert torch.bincount(data.test.y).tolist() == [4, 2, 2]
+    assert data.info["majority_acc"] == pytest.approx(0.5)
+
+
+def test_tokenizer_vocabulary_rules() -> None:
+    texts = ["on no the the", "no on the", "tail"]
+    tok = build_tokenizer(texts, "word", min_freq=2)
+    assert tok.itos == ["<pad>", "<unk>", "the", "no", "on"]  # the x3, then no/on x2 by token
+    assert build_tokenizer(texts, "word", max_vocab=4).itos == ["<pad>", "<unk>", "the", "no"]
+    assert tok.encode("THE tail on") == [2, UNK, 4]
+    assert tok.decode([2, 3, PAD]) == "the no"
+    words = build_tokenizer(["Hello, World! It's fine."], "word")
+    assert words.tokens("Hello, World! It's fine.") == [
+        "hello", ",", "world", "!", "it's", "fine", ".",
+    ]  # fmt: skip
+    chars = build_tokenizer(["hello"], "char")
+    assert chars.itos == ["<pad>", "<unk>", "l", "e", "h", "o"]
+    assert chars.decode(chars.encode("hole")) == "hole" and chars.encode("x") == [UNK]
+
+
+# ---- bad inputs ----
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "binary.bin").write_bytes(b"some text\0\x01\x02 more")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (tmp_path / "short.txt").write_text("too short", encoding="utf-8")
+    (tmp_path / "empty_dir").mkdir()
+    rows = labelled_rows()
+    write_table([{"text": r["text"], "kind": r["label"]} for r in rows], tmp_path / "nolabel.csv")
+    write_table([{**r, "label": "same"} for r in rows], tmp_path / "oneclass.jsonl")
+    return {p.name: str(p) for p in tmp_path.iterdir()} | {"missing": str(tmp_path / "nope")}
+
+
+BAD_INPUTS = [
+    ("char_lm", {"corpus": "missing"}, ["task.corpus=", "no such file or folder"]),
+    ("char_lm", {"corpus": "empty.txt"}, ["task.corpus=", "empty.txt", "empty corpus"]),
+    ("char_lm", {"corpus": "empty_dir"}, ["task.corpus=", "empty corpus"]),
+    ("char_lm", {"corpus": "binary.bin"}, ["task.corpus=", "binary.bin", "NUL"]),
+    ("char_lm", {"corpus": "latin1.txt"}, ["task.corpus=", "latin1.txt", "UTF-8"]),
+    ("char_lm", {"corpus": "short.txt"}, ["task.corpus=", "task.seq_len=128", "too short"]),
+    ("char_lm", {"seq_len": 0}, ["task.seq_len=0", ">= 1"]),
+    ("text_cls", {"source": "nolabel.csv"}, ["task.label_column='label'", "text, kind"]),
+    ("text_cls", {"source": "nolabel.csv", "text_column": "body"}, ["task.text_column='body'"]),
+    ("text_cls", {"source": "oneclass.jsonl"}, ["task.label_column='label'", "'same'"]),
+    ("text_cls", {"source": "missing.csv"}, ["task.source=", "no such file"]),
+    ("text_cls", {"tokenizer": "bpe"}, ["task.tokenizer='bpe'", "char, word"]),
+    ("text_cls", {"max_len": 0}, ["task.max_len=0"]),
+    ("copy", {"length": 0}, ["task.length=0", ">= 1"]),
+    ("reverse", {"vocab_size": 1}, ["task.vocab_size=1", ">= 2"]),
+    ("sort", {"n_train": -5}, ["task.n_train=-5"]),
+    ("copy", {"length": 2.5}, ["task.length=2.5", "integer"]),
+    ("assoc_recall", {"n_queries": 9}, ["task.n_queries=9", "task.n_pairs=8"]),
+    ("assoc_recall", {"n_pairs": 40}, ["task.n_pairs=40", "task.n_keys=32"]),
+    ("assoc_recall", {"n_pairs": 0}, ["task.n_pairs=0", ">= 1"]),
+    ("selective_copy", {"n_data": 40}, ["task.n_data=40", "task.length=32"]),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides", "expected"), BAD_INPUTS)
+def test_bad_input_raises(
+    files: dict[str, str], name: str, overrides: dict, expected: list
+) -> None:
+    resolved = {k: files.get(v, v) if isinstance(v, str) else v for k, v in overrides.items()}
+    if resolved.get("source") == "missing.csv":
+        resolved["source"] = files["missing"] + ".csv"
+    with pytest.raises(TaskInputError) as info:
+        build(name, **resolved)
+    message = str(info.value)
+    assert "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is not None, reason="would download")
+def test_hugging_face_source_needs_the_extra() -> None:
+    with pytest.raises(TaskInputError, match=r"task.source='ag_news'.*attention-harness\[hf\]"):
+        build("text_cls", source="ag_news")
