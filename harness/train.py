@@ -34,7 +34,8 @@ class RunResult:
     outcome: str  # "ok" or "diverged"
     metrics: dict[str, float]  # latest val/* and test/* values
     data_info: dict[str, float | int | str]
-    seconds: float
+    seconds: float  # the whole run: data, model, tracking, training, evaluation
+    fit_seconds: float  # training steps (and the validations among them) only
 
 
 def prepare(cfg: RunConfig) -> tuple[Task, TaskData, AttentionTaskModule]:
@@ -64,7 +65,7 @@ def train_run(
 ) -> RunResult:
     """Train and evaluate one cell, recording it as one MLflow run."""
     started = time.perf_counter()
-    _quiet_lightning()
+    _quiet_libraries()
     _, data, module = prepare(cfg)
     steps_cb = StepMetrics(cfg.train["log_every"], cfg.train["batch_size"] * data.seq_len)
     callbacks: list[pl.Callback] = [steps_cb]
@@ -81,7 +82,7 @@ def train_run(
     )
     trainer.loggers = [logger]
     try:
-        outcome = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
+        outcome, fit_seconds = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
         logger.client.log_dict(logger.run_id, cfg.to_dict(), "config.json")
         if outcome == "ok":
             _log_attention_figure(logger, module, data, cfg)
@@ -92,8 +93,9 @@ def train_run(
     except Exception:
         logger.finish("FAILED", "failed", traceback.format_exc())
         raise
+    seconds = time.perf_counter() - started
     return RunResult(
-        logger.run_id, outcome, dict(module.eval_metrics), data.info, time.perf_counter() - started
+        logger.run_id, outcome, dict(module.eval_metrics), data.info, seconds, fit_seconds
     )
 
 
@@ -104,17 +106,20 @@ def _fit_and_test(
     cfg: RunConfig,
     device: torch.device,
     steps_cb: StepMetrics,
-) -> str:
+) -> tuple[str, float]:
+    """Train, validate at the end, test; returns the outcome and the seconds `fit` took."""
     train = RandomBatches(_to_device(data.train, device), cfg.train["batch_size"], cfg.seed)
     val = EvalBatches(_to_device(data.val, device))
+    started = time.perf_counter()
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
+    fit_seconds = time.perf_counter() - started
     if steps_cb.diverged_at is not None:
         module.logger.set_tags({"harness.diverged_at_step": str(steps_cb.diverged_at)})
-        return "diverged"
+        return "diverged", fit_seconds
     if trainer.global_step % cfg.train["val_every"] != 0:  # always end on a validation
         trainer.validate(module, val, verbose=False)
     trainer.test(module, EvalBatches(_to_device(data.test, device)), verbose=False)
-    return "ok"
+    return "ok", fit_seconds
 
 
 def _trainer(cfg: RunConfig, accelerator: str, callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -186,9 +191,10 @@ def _to_device(split: Split, device: torch.device) -> Split:
     return Split(move(split.x), move(split.y), move(split.score_mask), move(split.padding))
 
 
-def _quiet_lightning() -> None:
-    """Lightning's start-up chatter and its advice for big data loaders do not apply here."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+def _quiet_libraries() -> None:
+    """Lightning's start-up chatter, its advice for big data loaders and MLflow's notes on
+    creating a store do not belong on the terminal: the progress bar and the summary do."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*`training_step` returned.*")

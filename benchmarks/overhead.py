@@ -1,0 +1,133 @@
+"""What tracking costs: the same model, data, batch size and steps, trained three ways.
+
+  (a) a plain PyTorch loop, no tracking;
+  (b) Lightning with its stock MLFlowLogger, `self.log("train/loss")` every step;
+  (c) a harness run (`train_run`): every step's train/loss and grad_norm in MLflow.
+
+(b) and (c) are timed over `trainer.fit` (no validation inside it), (a) over its loop.
+The three are interleaved, `--repeats` times, in one process, and the medians compared,
+because the machines here are shared and noisy. Ratios are printed last.
+
+    .venv/bin/python benchmarks/overhead.py [--steps 300] [--repeats 5] [--accelerator cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import MLFlowLogger
+
+from harness.config import RunConfig, resolve
+from harness.models.lightning_module import AttentionTaskModule
+from harness.optim import build_optimizer, build_scheduler
+from harness.train import RandomBatches, prepare, train_run
+
+
+def plain_loop(cfg: RunConfig, device: torch.device) -> float:
+    _, data, module = prepare(cfg)
+    module.to(device)
+    optimizer = build_optimizer(cfg.optimizer, module.parameters(), cfg.lr, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
+    split = data.train
+    batches = iter(RandomBatches(split, cfg.train["batch_size"], cfg.seed))
+    started = time.perf_counter()
+    for _ in range(cfg.steps):
+        batch = {k: v.to(device) for k, v in next(batches).items()}
+        logits, _ = module(batch)
+        loss = F.cross_entropy(logits, module.targets(batch))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    loss.item()  # wait for the device
+    return time.perf_counter() - started
+
+
+class StockLogging(AttentionTaskModule):
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss)
+        return loss
+
+
+def stock_mlflow_logger(cfg: RunConfig, accelerator: str, store: Path) -> float:
+    task, data, _ = prepare(cfg)
+    torch.manual_seed(cfg.seed)
+    module = StockLogging(cfg, task, data)
+    logger = MLFlowLogger(experiment_name="stock", tracking_uri=f"sqlite:///{store}")
+    trainer = pl.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        max_steps=cfg.steps,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+    )
+    train = RandomBatches(data.train, cfg.train["batch_size"], cfg.seed)
+    started = time.perf_counter()
+    trainer.fit(module, train_dataloaders=train)
+    return time.perf_counter() - started
+
+
+def harness_run(cfg: RunConfig, accelerator: str, store: Path) -> float:
+    result = train_run(
+        cfg, tracking_uri=f"sqlite:///{store}", experiment="harness", accelerator=accelerator
+    )
+    return result.fit_seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="copy")
+    parser.add_argument("--attention", default="multihead")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--accelerator", default="cpu")
+    args = parser.parse_args()
+    # validation only after fit (val_every > steps), so every variant times training alone
+    cfg = resolve(
+        args.task,
+        args.attention,
+        "adam",
+        steps=args.steps,
+        overrides={"train.val_every": 10 * args.steps},
+    )
+    device = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False).strategy.root_device
+    times: dict[str, list[float]] = {"plain": [], "stock": [], "harness": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "mlflow.db"
+        harness_run(cfg, args.accelerator, store)  # warm-up: store migrations, imports, caches
+        for i in range(args.repeats):
+            times["plain"].append(plain_loop(cfg, device))
+            times["stock"].append(stock_mlflow_logger(cfg, args.accelerator, store))
+            times["harness"].append(harness_run(cfg, args.accelerator, store))
+            print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"{args.task}/{args.attention}, {args.steps} steps, batch {cfg.train['batch_size']}, "
+        f"{device.type}, torch threads {torch.get_num_threads()}"
+    )
+    for name, label in (
+        ("plain", "(a) plain loop"),
+        ("stock", "(b) Lightning + MLFlowLogger"),
+        ("harness", "(c) harness"),
+    ):
+        print(
+            f"{label:<30} median {med[name]:.3f} s  ({1000 * med[name] / args.steps:.2f} ms/step)"
+        )
+    print(f"ratio (b)/(a) = {med['stock'] / med['plain']:.2f}")
+    print(f"ratio (c)/(a) = {med['harness'] / med['plain']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
