@@ -7,6 +7,7 @@ Heavy imports (torch, Lightning, MLflow) happen inside the commands that need th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser("run", help="run a comparison grid from a YAML file")
+    p.add_argument("grid", help="grid spec, e.g. grids/quick.yaml")
+    p.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: cores)"
+    )
+    p.add_argument("--backend", choices=["local"], default="local", help="where cells run")
+    p.add_argument("--experiment", help="MLflow experiment (default: the grid's name)")
+    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default: auto)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_tracking_uri(p)
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("status", help="cells done, pending, failed, diverged; chosen rates")
+    p.add_argument("target", help="a grid YAML file, or an experiment name")
+    _add_tracking_uri(p)
+    p.set_defaults(handler=cmd_status)
     return parser
 
 
@@ -146,6 +165,88 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  unigram entropy of the corpus: {float(result.data_info['unigram_bpc']):.4f} bpc")
     print(f"  {result.seconds:.1f} s; stored in {uri} (experiment {args.experiment!r})")
     print(f"  browse: mlflow ui --backend-store-uri {_ui_uri(uri)}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from harness.grid import plan
+    from harness.spec import load_grid
+
+    spec = load_grid(args.grid)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: must be >= 1")
+    if args.dry_run:
+        _print_plan(spec, plan(spec), args.workers)
+        return 0
+    from mlflow import MlflowClient
+
+    from harness.launch import Launcher, check_cells
+    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)
+    check_cells(spec)  # every bad value stops here, before any run exists
+    experiment = args.experiment or spec.name
+    console = Console(stderr=True)
+    launcher = Launcher(
+        spec, MlflowClient(uri), experiment, args.workers, args.accelerator, console,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    launcher.prepare()
+    try:
+        outcome = launcher.run()
+    except KeyboardInterrupt:
+        print(
+            "interrupted: running cells stopped and marked KILLED; "
+            "run the same command again to continue",
+            file=sys.stderr,
+        )
+        return 130
+    _print_outcome(outcome, experiment, uri)
+    return 1 if outcome.failed else 0
+
+
+def _print_plan(spec: Any, p: Any, workers: int) -> None:
+    print(f"grid {spec.name!r} ({spec.protocol}): {p.groups} groups")
+    for phase in ("tune", "final"):
+        cells, steps = getattr(p, f"{phase}_cells"), getattr(p, f"{phase}_steps")
+        print(f"  {phase:<5} {cells:>5} cells  {steps:>9,} training steps")
+    print(f"  with {workers} workers; nothing was created (dry run)")
+
+
+def _print_outcome(outcome: Any, experiment: str, uri: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{experiment}: {outcome.seconds:.0f} s", title_justify="left")
+    columns = ("ok", "diverged", "failed", "killed", "skipped", "stale")
+    for col in ("phase", *columns):
+        table.add_column(col, justify="right" if col != "phase" else "left")
+    for phase, counts in outcome.counts.items():
+        table.add_row(phase, *(str(counts[c]) for c in columns))
+    console = Console()
+    console.print(table)
+    for group, lr in outcome.chosen_lr.items():
+        console.print(f"  {group.label}: lr {lr:g}")
+    print(f"stored in {uri} (experiment {experiment!r}); browse: mlflow ui --backend-store-uri "
+          f"{_ui_uri(uri)}")  # fmt: skip
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from harness.launch import grid_status
+    from harness.spec import load_grid
+    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)
+    is_file = args.target.endswith((".yaml", ".yml")) or Path(args.target).is_file()
+    spec = load_grid(args.target) if is_file else None
+    status = grid_status(MlflowClient(uri), spec, spec.name if spec else args.target)
+    print(status)
     return 0
 
 

@@ -160,18 +160,20 @@ def _apply_override(sections: dict[str, dict[str, Any]], key: str, value: Any) -
     prefix, _, name = key.partition(".")
     if prefix not in sections or not name:
         raise UserError(
-            f"--set {key}: unknown key (keys look like SECTION.NAME with SECTION one of: "
+            f"{key}: unknown key (keys look like SECTION.NAME with SECTION one of: "
             f"{', '.join(sections)})"
         )
     section = sections[prefix]
     if name not in section:
         choices = ", ".join(f"{prefix}.{k}" for k in sorted(section)) or "none"
-        raise UserError(f"--set {key}: unknown key (choose from: {choices})")
+        raise UserError(f"{key}: unknown key (choose from: {choices})")
     section[name] = _coerce(key, value, section[name])
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
     """Give `value` the type of `default`; None defaults accept numbers or null."""
+    if isinstance(value, str) and (default is None or isinstance(default, float)):
+        value = _float_or_str(value)  # YAML 1.1 reads 1e-8 (no dot) as a string
     if default is None or value is None:
         if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
             return value
@@ -191,6 +193,13 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if isinstance(value, str):
         return value
     raise UserError(f"{key}={value!r}: expected a string")
+
+
+def _float_or_str(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _check_sections(sections: dict[str, dict[str, Any]]) -> None:

@@ -28,6 +28,7 @@ from mlflow.entities import Metric, Param, RunTag
 from pytorch_lightning.loggers.logger import Logger
 
 import harness
+from harness.config import RunConfig
 from harness.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -86,21 +87,20 @@ class MlflowRunLogger(Logger):
     def start_run(
         cls,
         client: MlflowClient,
-        experiment: str,
+        experiment_id: str,
         run_name: str,
         params: Mapping[str, str],
         tags: Mapping[str, str],
         parent_run_id: str | None = None,
     ) -> MlflowRunLogger:
-        """Create the run with its tags and params (params in batches of at most 100)."""
+        """Create the run with its tags and params."""
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = client.create_run(experiment_id(client, experiment), run_name=run_name, tags=all_tags)
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-            client.log_batch(run.info.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
-        return cls(client, run.info.run_id)
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        logger = cls(client, run.info.run_id)
+        logger.log_params(params)
+        return logger
 
     # Lightning's Logger interface -------------------------------------------------------
     @property
@@ -134,6 +134,11 @@ class MlflowRunLogger(Logger):
             self.client.log_batch(self.run_id, metrics=chunk)
             del self._buffer[: len(chunk)]
 
+    def log_params(self, params: Mapping[str, str]) -> None:
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
@@ -148,13 +153,13 @@ class MlflowRunLogger(Logger):
         self.client.set_terminated(self.run_id, status)
 
 
-def run_tags(cell_id: str, phase: str, grid: str, accelerator: str) -> dict[str, str]:
+def run_tags(cfg: RunConfig, grid: str) -> dict[str, str]:
+    """The schema's tags known before training (the worker adds harness.accelerator)."""
     tags = {
-        "harness.cell_id": cell_id,
+        "harness.cell_id": cfg.cell_id,
         "harness.grid": grid,
-        "harness.phase": phase,
+        "harness.phase": cfg.phase,
         "harness.version": harness.__version__,
-        "harness.accelerator": accelerator,
     }
     commit = git_commit()
     if commit:

@@ -7,6 +7,7 @@ checked by `prepare`, before the MLflow run exists, so bad input never leaves a 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 import warnings
@@ -22,7 +23,7 @@ from harness.errors import UserError
 from harness.models.lightning_module import AttentionTaskModule, Batch
 from harness.probe import attention_figure, attention_maps
 from harness.progress import StepProgress
-from harness.tracking import MlflowRunLogger, StepMetrics, run_tags
+from harness.tracking import MlflowRunLogger, StepMetrics, experiment_id, run_tags
 from tasks import Split, Task, TaskData, TaskInputError, get_task
 
 EVAL_BATCH_SIZE = 500
@@ -63,25 +64,43 @@ def train_run(
     accelerator: str = "auto",
     progress: bool = False,
 ) -> RunResult:
-    """Train and evaluate one cell, recording it as one MLflow run."""
+    """Check the cell, create its MLflow run, train and evaluate it (`harness train`)."""
+    prepared = prepare(cfg)  # the user's mistakes surface here, before any run exists
+    client = MlflowClient(tracking_uri)
+    exp_id = experiment_id(client, experiment)
+    logger = MlflowRunLogger.start_run(
+        client, exp_id, cfg.run_name, cfg.flat_params(), run_tags(cfg, grid), parent_run_id
+    )
+    return run_cell(cfg, logger, accelerator=accelerator, progress=progress, prepared=prepared)
+
+
+def run_cell(
+    cfg: RunConfig,
+    logger: MlflowRunLogger,
+    *,
+    accelerator: str = "auto",
+    progress: bool = False,
+    prepared: tuple[Task, TaskData, AttentionTaskModule] | None = None,
+) -> RunResult:
+    """Train and evaluate one cell into an MLflow run that already exists.
+
+    The run ends FINISHED (outcome ok or diverged), FAILED (the error as tag and artifact,
+    then re-raised) or KILLED (on KeyboardInterrupt or SystemExit, re-raised).
+    """
     started = time.perf_counter()
     _quiet_libraries()
-    _, data, module = prepare(cfg)
-    steps_cb = StepMetrics(cfg.train["log_every"], cfg.train["batch_size"] * data.seq_len)
-    callbacks: list[pl.Callback] = [steps_cb]
-    if progress:
-        callbacks.append(StepProgress(cfg.run_name, cfg.steps, steps_cb))
-    trainer = _trainer(cfg, accelerator, callbacks)
-    device = trainer.strategy.root_device
-
-    params = cfg.flat_params() | {f"data.{k}": str(v) for k, v in data.info.items()}
-    tags = run_tags(cfg.cell_id, cfg.phase, grid, device.type)
-    client = MlflowClient(tracking_uri)
-    logger = MlflowRunLogger.start_run(
-        client, experiment, cfg.run_name, params, tags, parent_run_id
-    )
-    trainer.loggers = [logger]
     try:
+        _injected_fault(cfg)
+        _, data, module = prepared or prepare(cfg)
+        steps_cb = StepMetrics(cfg.train["log_every"], cfg.train["batch_size"] * data.seq_len)
+        callbacks: list[pl.Callback] = [steps_cb]
+        if progress:
+            callbacks.append(StepProgress(cfg.run_name, cfg.steps, steps_cb))
+        trainer = _trainer(cfg, accelerator, callbacks)
+        trainer.loggers = [logger]
+        device = trainer.strategy.root_device
+        logger.log_params({f"data.{k}": str(v) for k, v in data.info.items()})
+        logger.set_tags({"harness.accelerator": device.type})
         outcome, fit_seconds = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
         logger.client.log_dict(logger.run_id, cfg.to_dict(), "config.json")
         if outcome == "ok":
@@ -189,6 +208,14 @@ def _to_device(split: Split, device: torch.device) -> Split:
     """Data goes to the device once per run, not once per batch."""
     move = lambda t: None if t is None else t.to(device)  # noqa: E731
     return Split(move(split.x), move(split.y), move(split.score_mask), move(split.padding))
+
+
+def _injected_fault(cfg: RunConfig) -> None:
+    """Fault injection for the fault tests: HARNESS_FAIL_CELLS holds comma-separated
+    substrings of run names whose cells raise here, inside the run, as a real bug would."""
+    patterns = [p for p in os.environ.get("HARNESS_FAIL_CELLS", "").split(",") if p]
+    if any(p in cfg.run_name for p in patterns):
+        raise RuntimeError(f"injected failure (HARNESS_FAIL_CELLS) in {cfg.run_name}")
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,1 @@
+"""Backends that run grid cells: `local` (worker processes on this machine)."""

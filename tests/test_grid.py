@@ -1,0 +1,213 @@
+"""Grid expansion, the two protocols, and the learning-rate choice of the tune phase."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.grid import (
+    Group,
+    Plan,
+    TuneResult,
+    choose_lr,
+    final_cells,
+    groups,
+    plan,
+    tune_cells,
+)
+from harness.optim import OPTIMIZERS
+from harness.spec import GridSpec, grid_from_dict, load_grid
+from tasks import TASKS
+
+GRIDS = Path(__file__).resolve().parent.parent / "grids"
+
+
+def _spec(**changes: Any) -> GridSpec:
+    data: dict[str, Any] = {
+        "name": "t",
+        "tasks": ["copy", {"name": "reverse", "params": {"length": 6}}],
+        "attention": ["dot", "scaled_dot", {"name": "multihead", "params": {"n_heads": 2}}],
+        "optimizers": ["adam", {"name": "sgd", "lr": 0.05, "lr_grid": [0.01, 0.1, 1.0]}],
+        "seeds": {"tune": [0, 1], "final": [2, 3, 4]},
+    }
+    return grid_from_dict(data | changes)
+
+
+def _all_cells(spec: GridSpec) -> list[Any]:
+    cells = []
+    for group in groups(spec):
+        cells += tune_cells(spec, group) + final_cells(spec, group, group.fixed_lr)
+    return cells
+
+
+@pytest.mark.parametrize("sweep", [{}, {"model.d_k": [8, 32]}])
+def test_tune_then_final_counts(sweep: dict[str, list[int]]) -> None:
+    spec = _spec(sweep=sweep)
+    points = 2 if sweep else 1
+    n_groups = 2 * 3 * 2 * points
+    assert len(groups(spec)) == n_groups
+    # adam: the registry's 5 rates; sgd: the 3 given. Half the groups each, 2 tune seeds.
+    n_tune = (n_groups // 2) * (len(OPTIMIZERS["adam"].lr_grid) + 3) * 2
+    p = plan(spec)
+    assert p == Plan(
+        protocol="tune_then_final",
+        groups=n_groups,
+        tune_cells=n_tune,
+        final_cells=n_groups * 3,
+        tune_steps=n_tune * 1000,  # copy and reverse: default_steps 1000
+        final_steps=n_groups * 3 * 1000,
+    )
+    assert sum(len(tune_cells(spec, g)) for g in groups(spec)) == n_tune
+    assert p.cells == n_tune + n_groups * 3 and p.steps == p.tune_steps + p.final_steps
+
+
+def test_fixed_protocol_runs_only_final_cells_at_fixed_lr() -> None:
+    spec = _spec(protocol="fixed", sweep={"model.d_k": [8, 32]})
+    all_groups = groups(spec)
+    assert len(all_groups) == 24
+    assert all(tune_cells(spec, g) == [] for g in all_groups)
+    p = plan(spec)
+    assert (p.groups, p.tune_cells, p.final_cells, p.tune_steps) == (24, 0, 72, 0)
+    lrs = {g.optimizer: g.fixed_lr for g in all_groups}
+    assert lrs == {"adam": OPTIMIZERS["adam"].default_lr, "sgd": 0.05}
+    cells = final_cells(spec, all_groups[0], all_groups[0].fixed_lr)
+    assert [(c.lr, c.seed, c.phase) for c in cells] == [(1e-3, s, "final") for s in (2, 3, 4)]
+
+
+def test_groups_are_distinct_hashable_keys() -> None:
+    # Two entries of one task that differ only in params, and a sweep: hashes may collide,
+    # equality must not.
+    tasks = ["copy", {"name": "copy", "params": {"length": 4}}]
+    all_groups = groups(_spec(tasks=tasks, sweep={"model.d_k": [8, 32]}))
+    assert len({g: i for i, g in enumerate(all_groups)}) == len(all_groups) == 24
+    assert all_groups[0] != all_groups[12] and all_groups[0].label == all_groups[12].label
+
+
+def test_groups_order_and_labels() -> None:
+    spec = _spec(sweep={"model.d_k": [8, 32]})
+    labels = [g.label for g in groups(spec)]
+    assert labels[:4] == [
+        "copy/dot/adam model.d_k=8",
+        "copy/dot/adam model.d_k=32",
+        "copy/dot/sgd model.d_k=8",
+        "copy/dot/sgd model.d_k=32",
+    ]
+    assert labels[4] == "copy/scaled_dot/adam model.d_k=8"
+    assert labels[-1] == "reverse/multihead/sgd model.d_k=32"
+    assert groups(_spec())[0].label == "copy/dot/adam"
+
+
+def test_tune_cells_cover_grid_times_tune_seeds() -> None:
+    spec = _spec()
+    sgd = next(g for g in groups(spec) if g.optimizer == "sgd")
+    cells = tune_cells(spec, sgd)
+    assert [(c.lr, c.seed) for c in cells] == [
+        (lr, seed) for lr in (0.01, 0.1, 1.0) for seed in (0, 1)
+    ]
+    assert {c.phase for c in cells} == {"tune"}
+
+
+def test_cell_ids_are_distinct() -> None:
+    for spec in (_spec(sweep={"model.d_k": [8, 32]}), load_grid(GRIDS / "dk_scaling.yaml")):
+        ids = [c.cell_id for c in _all_cells(spec)]
+        assert len(ids) == len(set(ids)) == plan(spec).cells
+
+
+def test_overrides_reach_the_run_config() -> None:
+    spec = _spec(
+        model={"d_model": 32},
+        train={"batch_size": 16},
+        budget={"val_every": 25},
+        sweep={"model.d_k": [8, 32]},
+        optimizers=[{"name": "sgd", "params": {"nesterov": True}}],
+    )
+    group = groups(spec)[-1]  # reverse (length 6) / multihead (2 heads) / sgd, d_k 32
+    assert group.sweep == {"model.d_k": 32}
+    assert group.overrides == {
+        "task.length": 6,
+        "attention.n_heads": 2,
+        "optim.nesterov": True,
+        "model.d_model": 32,
+        "train.batch_size": 16,
+        "train.val_every": 25,
+        "model.d_k": 32,
+    }
+    for cfg in tune_cells(spec, group) + final_cells(spec, group, 0.3):
+        assert cfg.model["d_k"] == 32 and cfg.model["d_model"] == 32
+        assert cfg.task_params["length"] == 6
+        assert cfg.attention_params["n_heads"] == 2
+        assert cfg.optim["nesterov"] is True
+        assert cfg.train["val_every"] == 25 and cfg.train["batch_size"] == 16
+    assert final_cells(spec, group, 0.3)[0].lr == 0.3
+
+
+def test_steps_precedence_entry_then_budget_then_task_default() -> None:
+    tasks = [{"name": "copy", "steps": 70}, "assoc_recall"]
+    with_budget = _spec(tasks=tasks, budget={"steps": 40})
+    without = _spec(tasks=tasks)
+    steps = {g.task: g.steps for g in groups(with_budget)}
+    assert steps == {"copy": 70, "assoc_recall": 40}
+    assert {g.task: g.steps for g in groups(without)} == {"copy": 70, "assoc_recall": None}
+    resolved = {g.task: final_cells(without, g, g.fixed_lr)[0].steps for g in groups(without)}
+    assert resolved == {"copy": 70, "assoc_recall": TASKS["assoc_recall"].default_steps}
+    assert {c.steps for g in groups(with_budget) for c in tune_cells(with_budget, g)} == {70, 40}
+
+
+def test_group_carries_the_optimizer_grid() -> None:
+    by_opt = {g.optimizer: g for g in groups(_spec())}
+    assert isinstance(by_opt["adam"], Group)
+    assert by_opt["adam"].lr_grid == OPTIMIZERS["adam"].lr_grid
+    assert by_opt["sgd"].lr_grid == (0.01, 0.1, 1.0)
+
+
+def _results(values: dict[float, list[float | None]]) -> list[TuneResult]:
+    return [
+        TuneResult(lr, seed, value)
+        for lr, seeds in values.items()
+        for seed, value in enumerate(seeds)
+    ]
+
+
+def test_choose_lr_best_mean_for_accuracy_and_for_bpc() -> None:
+    results = _results({1e-3: [0.5, 0.7], 1e-2: [0.9, 0.4], 1e-1: [0.2, 0.3]})
+    # means: 0.6, 0.65, 0.25
+    assert choose_lr(results, higher_is_better=True) == 1e-2
+    assert choose_lr(results, higher_is_better=False) == 1e-1
+
+
+def test_a_diverged_lr_never_wins_over_a_finite_one() -> None:
+    results = _results({1e-1: [0.99, float("nan")], 1e-2: [0.99, None], 1e-3: [0.1, 0.1]})
+    assert choose_lr(results, higher_is_better=True) == 1e-3
+    bpc = _results({1e-2: [float("inf"), float("inf")], 1e-3: [None, 2.0]})
+    assert choose_lr(bpc, higher_is_better=False) == 1e-3  # inf counts as diverged
+
+
+def test_ties_go_to_the_first_lr_in_order() -> None:
+    results = _results({3e-3: [0.5, 0.7], 1e-3: [0.7, 0.5], 1e-2: [0.1, 0.2]})
+    assert choose_lr(results, higher_is_better=True) == 3e-3
+    assert choose_lr(list(reversed(results)), higher_is_better=True) == 1e-3
+
+
+def test_all_diverged_picks_fewest_diverged_then_first() -> None:
+    results = _results({1e-3: [None, None], 1e-2: [0.9, None], 1e-1: [None, 0.1]})
+    assert choose_lr(results, higher_is_better=True) == 1e-2
+    assert choose_lr(_results({1.0: [None], 0.1: [None]}), higher_is_better=False) == 1.0
+
+
+def test_choose_lr_without_results() -> None:
+    assert choose_lr([], higher_is_better=True) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("quick", (32, 0, 64)),
+        ("full", (80, 60 * 5 + 20 * 7, 240)),  # sgd: 7 rates, the others 5
+        ("dk_scaling", (32, 16 * 5 + 16 * 7, 96)),
+    ],
+)
+def test_shipped_grid_plans(name: str, expected: tuple[int, int, int]) -> None:
+    p = plan(load_grid(GRIDS / f"{name}.yaml"))
+    assert (p.groups, p.tune_cells, p.final_cells) == expected

@@ -1,0 +1,209 @@
+"""Real grids on the local backend: worker processes, one writer, resume, kill, failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Run
+
+from harness.cli import main
+
+# Tiny cells: a 4-symbol copy, a 16-wide model, 40 steps; a few seconds each on 2 cores.
+BASE = {
+    "tasks": [{"name": "copy", "params": {"length": 4, "n_train": 512}}],
+    "model": {"d_model": 16, "d_ff": 32, "d_k": 8, "n_layers": 1},
+    "train": {"batch_size": 32},
+    "budget": {"steps": 40, "val_every": 20},
+}
+
+
+def _grid(tmp_path: Path, name: str, **fields) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, **BASE, **fields}))
+    return path
+
+
+def _run(path: Path, uri: str, *extra: str) -> int:
+    return main(["run", str(path), "--tracking-uri", uri, "--no-progress", *extra])
+
+
+def _children(client: MlflowClient, name: str) -> list[Run]:
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in runs if "harness.cell_id" in r.data.tags]
+
+
+def _parent(client: MlflowClient, name: str) -> Run:
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    (parent,) = [r for r in runs if "harness.cell_id" not in r.data.tags]
+    return parent
+
+
+def test_fixed_grid_with_two_workers_then_resume(
+    tracking_uri: str, client: MlflowClient, tmp_path: Path
+) -> None:
+    path = _grid(
+        tmp_path,
+        "fixed2",
+        protocol="fixed",
+        attention=["dot", "multihead"],
+        optimizers=[{"name": "adam", "lr": 0.003}, {"name": "sgd", "lr": 0.1}],
+        seeds=[0, 1],
+    )
+    assert _run(path, tracking_uri, "--workers", "2") == 0
+    runs = _children(client, "fixed2")
+    parent = _parent(client, "fixed2")
+    assert len(runs) == 8 and len({r.data.tags["harness.cell_id"] for r in runs}) == 8
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "fixed2"
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info.run_name
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["harness.phase"] == "final"
+        assert run.data.tags["harness.outcome"] == "ok"
+        assert run.data.tags["harness.accelerator"] == "cpu"
+        # every point written by the concurrent workers arrived, once
+        history = {k: client.get_metric_history(run.info.run_id, k) for k in run.data.metrics}
+        assert [m.step for m in history["train/loss"]] == list(range(1, 41))
+        assert len(history["grad_norm"]) == 40 and len(history["lr"]) == 4
+        assert [m.step for m in history["val/acc"]] == [20, 40]
+        assert len(history["test/acc"]) == 1
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "attention_maps.png"} <= artifacts
+    assert "grid.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    first_ids = {r.info.run_id for r in runs}
+
+    # the same grid again: nothing to do
+    assert _run(path, tracking_uri, "--workers", "2") == 0
+    assert {r.info.run_id for r in _children(client, "fixed2")} == first_ids
+
+    # one more seed: only its 4 cells run
+    spec = yaml.safe_load(path.read_text())
+    spec["seeds"] = [0, 1, 2]
+    path.write_text(yaml.safe_dump(spec))
+    assert _run(path, tracking_uri, "--workers", "2") == 0
+    runs = _children(client, "fixed2")
+    assert len(runs) == 12 and first_ids < {r.info.run_id for r in runs}
+    assert sorted(r.data.params["seed"] for r in runs if r.info.run_id not in first_ids) == [
+        "2", "2", "2", "2",
+    ]  # fmt: skip
+
+
+def test_tune_then_final_picks_the_best_rate(
+    tracking_uri: str, client: MlflowClient, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = _grid(
+        tmp_path,
+        "tuned",
+        attention=["scaled_dot"],
+        optimizers=[{"name": "adam", "lr_grid": [1e-5, 1e-2]}],
+        seeds={"tune": [0], "final": [1, 2]},
+    )
+    assert _run(path, tracking_uri, "--workers", "2") == 0
+    runs = _children(client, "tuned")
+    tune = {float(r.data.params["lr"]): r for r in runs if r.data.tags["harness.phase"] == "tune"}
+    final = [r for r in runs if r.data.tags["harness.phase"] == "final"]
+    assert sorted(tune) == [1e-5, 1e-2] and len(final) == 2
+    best = max(tune, key=lambda lr: tune[lr].data.metrics["val/acc"])
+    assert best == 1e-2  # 40 steps at 1e-5 learn nothing
+    assert {float(r.data.params["lr"]) for r in final} == {best}
+    assert sorted(r.data.params["seed"] for r in final) == ["1", "2"]
+    assert all("test/acc" in r.data.metrics for r in final)
+    capsys.readouterr()
+    assert main(["status", str(path), "--tracking-uri", tracking_uri]) == 0
+    out = capsys.readouterr().out
+    assert "copy/scaled_dot/adam: 0.01" in out
+    assert [line.split() for line in out.splitlines() if line.startswith(("tune", "final"))] == [
+        ["tune", "2", "0", "0", "0", "0"],
+        ["final", "2", "0", "0", "0", "0"],
+    ]
+
+
+def test_a_cell_that_raises_is_failed_and_the_rest_finish(
+    tracking_uri: str, client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HARNESS_FAIL_CELLS", "copy/additive/")
+    path = _grid(
+        tmp_path,
+        "faulty",
+        protocol="fixed",
+        attention=["dot", "additive"],
+        optimizers=["adam"],
+        seeds=[0],
+    )
+    assert _run(path, tracking_uri, "--workers", "2") == 1
+    by_kind = {r.data.params["attention"]: r for r in _children(client, "faulty")}
+    assert by_kind["dot"].info.status == "FINISHED"
+    failed = by_kind["additive"]
+    assert failed.info.status == "FAILED" and failed.data.tags["harness.outcome"] == "failed"
+    assert "injected failure" in failed.data.tags["harness.error"]
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+    # the failed cell runs again next time (and now succeeds); the finished one does not
+    monkeypatch.delenv("HARNESS_FAIL_CELLS")
+    assert _run(path, tracking_uri, "--workers", "1") == 0
+    runs = _children(client, "faulty")
+    assert len(runs) == 3
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"]
+
+
+def test_dry_run_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _grid(tmp_path, "dry", attention=["dot", "additive"], optimizers=["adam", "sgd"])
+    uri = f"sqlite:///{tmp_path}/dry.db"
+    assert _run(path, uri, "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and not (tmp_path / "dry.db").exists()
+    # tune: 2 kinds x (adam 5 rates + sgd 7 rates) x 1 tune seed; final: 4 groups x 3 seeds
+    assert [line.split()[:2] for line in out.splitlines()[1:3]] == [["tune", "24"], ["final", "12"]]
+
+
+def test_launcher_killed_then_rerun_completes_without_duplicates(
+    tracking_uri: str, client: MlflowClient, tmp_path: Path
+) -> None:
+    path = _grid(
+        tmp_path,
+        "killed",
+        protocol="fixed",
+        attention=["dot", "scaled_dot", "multihead"],
+        optimizers=["adam", "rmsprop"],
+        seeds=[0],
+        budget={"steps": 150, "val_every": 50},
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(path), "--workers", "2",
+         "--tracking-uri", tracking_uri, "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        exp = client.get_experiment_by_name("killed")
+        runs = _children(client, "killed") if exp else []
+        if sum(r.info.status == "FINISHED" for r in runs) >= 2 and any(
+            r.info.status == "RUNNING" for r in runs
+        ):
+            break
+        time.sleep(0.2)
+    os.kill(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=30)
+    before = {r.info.run_id: r.info.status for r in _children(client, "killed")}
+    finished_before = {rid for rid, status in before.items() if status == "FINISHED"}
+    running_before = {rid for rid, status in before.items() if status == "RUNNING"}
+    assert finished_before and running_before and len(before) < 6
+
+    assert _run(path, tracking_uri, "--workers", "2") == 0
+    runs = {r.info.run_id: r for r in _children(client, "killed")}
+    finished = [r for r in runs.values() if r.info.status == "FINISHED"]
+    assert len(finished) == 6  # one FINISHED run per cell
+    assert len({r.data.tags["harness.cell_id"] for r in finished}) == 6
+    assert finished_before <= {r.info.run_id for r in finished}  # untouched, same ids
+    assert all(runs[rid].info.status == "KILLED" for rid in running_before)
+    for run in finished:  # no points lost or doubled
+        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 150

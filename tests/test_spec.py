@@ -1,0 +1,292 @@
+"""The grid spec: what loads, the defaults it fills in, and one exact line for every error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.errors import UserError
+from harness.spec import GridSpec, grid_from_dict, load_grid
+
+GRIDS = Path(__file__).resolve().parent.parent / "grids"
+BASE: dict[str, Any] = {
+    "name": "t",
+    "tasks": ["copy"],
+    "attention": ["dot"],
+    "optimizers": ["adam"],
+}
+
+
+def _error(changes: dict[str, Any], source: str = "g.yaml") -> str:
+    with pytest.raises(UserError) as info:
+        grid_from_dict({**BASE, **changes}, source)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_bare_names_load_with_defaults() -> None:
+    spec = grid_from_dict(BASE)
+    assert isinstance(spec, GridSpec)
+    assert spec.protocol == "tune_then_final"
+    assert [t.name for t in spec.tasks] == ["copy"] and spec.tasks[0].params == {}
+    assert spec.tasks[0].steps is None
+    assert spec.seeds.tune == [0] and spec.seeds.final == [1, 2, 3]
+    assert spec.budget.steps is None and spec.budget.val_every is None
+    assert spec.model == {} and spec.train == {} and spec.sweep == {}
+    assert spec.optimizers[0].lr is None and spec.optimizers[0].lr_grid is None
+    assert spec.optimizers[0].fixed_lr == 1e-3
+    assert spec.optimizers[0].tune_lrs == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+
+
+def test_full_entries_load() -> None:
+    spec = grid_from_dict(
+        {
+            "name": "full-1.x_y",
+            "protocol": "fixed",
+            "tasks": ["copy", {"name": "char_lm", "params": {"seq_len": 32}, "steps": 300}],
+            "attention": ["dot", {"name": "multihead", "params": {"n_heads": 2}}],
+            "optimizers": [
+                "adam",
+                {"name": "sgd", "lr": 0.05, "lr_grid": [0.01, 0.1], "params": {"momentum": 0.5}},
+            ],
+            "seeds": {"tune": [3], "final": [4, 5]},
+            "budget": {"steps": 100, "val_every": 10},
+            "model": {"d_model": 32},
+            "train": {"batch_size": 16},
+            "sweep": {"model.d_k": [8, 32], "train.log_every": [5]},
+        }
+    )
+    assert spec.protocol == "fixed"
+    assert spec.tasks[1].params == {"seq_len": 32} and spec.tasks[1].steps == 300
+    assert spec.attention[1].params == {"n_heads": 2}
+    sgd = spec.optimizers[1]
+    assert (sgd.fixed_lr, sgd.tune_lrs, sgd.params) == (0.05, (0.01, 0.1), {"momentum": 0.5})
+    assert spec.seeds.tune == [3] and spec.seeds.final == [4, 5]
+    assert spec.budget.steps == 100 and spec.budget.val_every == 10
+    assert spec.sweep_points() == [
+        {"model.d_k": 8, "train.log_every": 5},
+        {"model.d_k": 32, "train.log_every": 5},
+    ]
+
+
+def test_seed_list_means_final_seeds() -> None:
+    spec = grid_from_dict({**BASE, "seeds": [4, 7]})
+    assert spec.seeds.final == [4, 7] and spec.seeds.tune == [0]
+
+
+def test_exponent_without_dot_reads_as_a_number(tmp_path: Path) -> None:
+    # PyYAML (YAML 1.1) reads `3e-3` as a string; the spec reads it as the number a user means.
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        "name: t\ntasks: [copy]\nattention: [dot]\n"
+        "optimizers: [{name: adam, lr: 3e-3, lr_grid: [1e-3, 1e-2], params: {eps: 1e-6}}]\n"
+        "sweep: {model.dropout: [0, 1e-1]}\n"
+    )
+    spec = load_grid(path)
+    assert spec.optimizers[0].lr == 0.003 and spec.optimizers[0].lr_grid == [0.001, 0.01]
+    assert spec.optimizers[0].params == {"eps": 1e-6}
+    assert spec.sweep == {"model.dropout": [0, 0.1]}
+
+
+@pytest.mark.parametrize("name", ["quick", "full", "dk_scaling"])
+def test_shipped_grids_load(name: str) -> None:
+    spec = load_grid(GRIDS / f"{name}.yaml")
+    assert spec.name == name
+    assert {a.name for a in spec.attention} == {"dot", "scaled_dot", "additive", "multihead"}
+
+
+def test_quick_grid_is_the_small_fixed_demo() -> None:
+    spec = load_grid(GRIDS / "quick.yaml")
+    assert spec.protocol == "fixed" and spec.seeds.final == [0, 1]
+    assert {o.name: o.fixed_lr for o in spec.optimizers} == {
+        "adam": 3e-3,
+        "adamw": 3e-3,
+        "sgd": 0.1,
+        "rmsprop": 1e-3,
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        (
+            {"nope": 1},
+            "g.yaml: nope: unknown field (choose from: name, protocol, tasks, attention, "
+            "optimizers, seeds, budget, model, train, sweep)",
+        ),
+        (
+            {"tasks": ["copy", "nope"]},
+            "g.yaml: tasks[1]: unknown task 'nope' (choose from: assoc_recall, char_lm, copy, "
+            "reverse, selective_copy, sort, text_cls)",
+        ),
+        (
+            {"tasks": [{"name": "nope"}]},
+            "g.yaml: tasks[0].name: unknown task 'nope' (choose from: assoc_recall, char_lm, "
+            "copy, reverse, selective_copy, sort, text_cls)",
+        ),
+        (
+            {"attention": ["dot", "flash"]},
+            "g.yaml: attention[1]: unknown attention 'flash' "
+            "(choose from: additive, dot, multihead, scaled_dot)",
+        ),
+        (
+            {"optimizers": ["lion"]},
+            "g.yaml: optimizers[0]: unknown optimizer 'lion' "
+            "(choose from: adam, adamw, rmsprop, sgd)",
+        ),
+        ({"tasks": []}, "g.yaml: tasks: must not be empty"),
+        (
+            {"optimizers": [{"name": "adam", "lr_grid": []}]},
+            "g.yaml: optimizers[0].lr_grid: must not be empty",
+        ),
+        (
+            {"tasks": [{"name": "copy", "steps": "ten"}]},
+            "g.yaml: tasks[0].steps: input should be a valid integer (got 'ten')",
+        ),
+        ({"seeds": ["a"]}, "g.yaml: seeds[0]: input should be a valid integer (got 'a')"),
+        (
+            {"seeds": {"final": [1, "x"]}},
+            "g.yaml: seeds.final[1]: input should be a valid integer (got 'x')",
+        ),
+        (
+            {"seeds": {"tune": [-1]}},
+            "g.yaml: seeds.tune[0]: input should be greater than or equal to 0 (got -1)",
+        ),
+        ({"seeds": [1, 2, 1]}, "g.yaml: seeds: duplicate value 1"),
+        ({"seeds": {"final": [0, 0]}}, "g.yaml: seeds.final: duplicate value 0"),
+        ({"budget": {"steps": 0}}, "g.yaml: budget.steps: input should be greater than 0 (got 0)"),
+        (
+            {"budget": {"val_every": -5}},
+            "g.yaml: budget.val_every: input should be greater than 0 (got -5)",
+        ),
+        (
+            {"budget": {"step": 5}},
+            "g.yaml: budget.step: unknown field (choose from: steps, val_every)",
+        ),
+        (
+            {"optimizers": ["adam", "sgd", {"name": "rmsprop", "lr": -0.1}]},
+            "g.yaml: optimizers[2].lr: input should be greater than 0 (got -0.1)",
+        ),
+        (
+            {"optimizers": [{"name": "adam", "lr": True}]},
+            "g.yaml: optimizers[0].lr: expected a number (got True)",
+        ),
+        (
+            {"optimizers": [{"name": "adam", "lr_grid": [0.001, 0.01, 0.001]}]},
+            "g.yaml: optimizers[0].lr_grid: duplicate value 0.001",
+        ),
+        (
+            {"optimizers": [{"name": "adam", "betas": [0.9]}]},
+            "g.yaml: optimizers[0].betas: unknown field (choose from: name, params, lr, lr_grid)",
+        ),
+        ({"tasks": [3]}, "g.yaml: tasks[0]: expected a name or a mapping with `name:` (got 3)"),
+        ({"sweep": {"model.d_k": [8, 16, 8]}}, "g.yaml: sweep.model.d_k: duplicate value 8"),
+        ({"sweep": {"model.d_k": []}}, "g.yaml: sweep.model.d_k: must not be empty"),
+        (
+            {"tasks": ["copy", "reverse", {"name": "copy", "params": {"length": 10}}]},
+            "g.yaml: tasks[2]: duplicate of tasks[0] (same name 'copy' and params)",
+        ),
+        (
+            {"attention": ["additive", {"name": "additive", "params": {"n_heads": 1}}]},
+            "g.yaml: attention[1]: duplicate of attention[0] (same name 'additive' and params)",
+        ),
+        (
+            {"optimizers": ["sgd", {"name": "sgd", "lr": 0.3}]},
+            "g.yaml: optimizers[1]: duplicate of optimizers[0] (same name 'sgd' and params)",
+        ),
+        (
+            {"sweep": {"model.nope": [1, 2]}},
+            "g.yaml: sweep.model.nope: unknown key (choose from: model.d_ff, model.d_k, "
+            "model.d_model, model.dropout, model.n_layers)",
+        ),
+        (
+            {"sweep": {"lr": [0.1]}},
+            "g.yaml: sweep.lr: unknown key (keys look like SECTION.NAME with SECTION one of: "
+            "task, model, attention, optim, train)",
+        ),
+        (
+            {"attention": ["multihead", "dot"], "sweep": {"attention.n_heads": [1, 2]}},
+            "g.yaml: sweep.attention.n_heads: unknown key (choose from: none) (with copy/dot/adam)",
+        ),
+        (
+            {"tasks": ["reverse", {"name": "copy", "params": {"nope": 1}}]},
+            "g.yaml: tasks[1].params.nope: unknown key "
+            "(choose from: task.length, task.n_train, task.vocab_size)",
+        ),
+        (
+            {"model": {"d_model": 32, "nope": 1}},
+            "g.yaml: model.nope: unknown key (choose from: model.d_ff, model.d_k, "
+            "model.d_model, model.dropout, model.n_layers)",
+        ),
+        ({"model": {"d_k": 0}}, "g.yaml: model.d_k=0: must be an integer > 0"),
+        ({"model": {1: 2}}, "g.yaml: model.1: input should be a valid string (got 1)"),
+        (
+            {"train": {"batch_size": "big"}},
+            "g.yaml: train.batch_size='big': expected an integer",
+        ),
+        (
+            {"optimizers": [{"name": "adam", "params": {"schedule": "linear"}}]},
+            "g.yaml: optimizers[0].params.schedule: unknown optim.schedule 'linear' "
+            "(choose from: constant, cosine)",
+        ),
+        (
+            {"model": {"d_k": 16}, "sweep": {"model.d_k": [8, 32]}},
+            "g.yaml: sweep.model.d_k: also set by model.d_k (set it in one place)",
+        ),
+        (
+            {"protocol": "tune"},
+            "g.yaml: protocol: input should be 'tune_then_final' or 'fixed' (got 'tune')",
+        ),
+        (
+            {"budget": {"steps": 0}, "seeds": [-1], "tasks": []},
+            "g.yaml: tasks: must not be empty (and 2 more)",
+        ),
+    ],
+)
+def test_validation_errors_name_the_field(changes: dict[str, Any], expected: str) -> None:
+    assert _error(changes) == expected
+
+
+def test_missing_required_field() -> None:
+    with pytest.raises(UserError, match=r"^g\.yaml: attention: required field is missing$"):
+        grid_from_dict({"name": "t", "tasks": ["copy"], "optimizers": ["adam"]}, "g.yaml")
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", ".", "", "-x", "a" * 65, "ok name"])
+def test_bad_names_are_refused(name: str) -> None:
+    message = _error({"name": name})
+    assert message.startswith("g.yaml: name: must be 1-64 characters of letters, digits")
+    assert message.endswith(f"(got {name!r})")
+
+
+def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: t\ntasks: [copy, reverse\nattention: [dot]\n")
+    with pytest.raises(UserError) as info:
+        load_grid(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not valid YAML: ") and "(line 3, column" in message
+    assert "\n" not in message
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(UserError, match=r"nope\.yaml: no such file$"):
+        load_grid(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "what"),
+    [("- copy\n- reverse\n", "a list"), ("", "an empty file"), ("7", "the value 7")],
+)
+def test_yaml_that_is_not_a_mapping(tmp_path: Path, text: str, what: str) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:
+        load_grid(path)
+    assert str(info.value) == (
+        f"{path}: expected a mapping of grid fields (name, tasks, ...), got {what}"
+    )
