@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# The main job. For now: one small model trained on `copy`, recorded in ./mlflow.db.
+# The main job: the quick grid (every attention kind x every optimizer, two tasks, two seeds)
+# recorded in ./mlflow.db; `harness status grids/quick.yaml` shows where it stands.
 demo: setup
-	$(BIN)/harness train --task copy --attention multihead --optimizer adam
+	$(BIN)/harness run grids/quick.yaml
+	$(BIN)/harness status grids/quick.yaml
 
 lint: setup
 	$(BIN)/ruff check .

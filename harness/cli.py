@@ -184,7 +184,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from harness.launch import Launcher, check_cells
     from harness.tracking import check_tracking_uri, resolve_tracking_uri
+    from harness.train import quiet_libraries
 
+    quiet_libraries()
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
     check_cells(spec)  # every bad value stops here, before any run exists
@@ -230,6 +232,11 @@ def _print_outcome(outcome: Any, experiment: str, uri: str) -> None:
     console.print(table)
     for group, lr in outcome.chosen_lr.items():
         console.print(f"  {group.label}: lr {lr:g}")
+    if outcome.fixed_cost_per_cell is not None:
+        console.print(
+            f"fixed cost per cell (median; all but the training steps): "
+            f"{outcome.fixed_cost_per_cell:.2f} s"
+        )
     print(f"stored in {uri} (experiment {experiment!r}); browse: mlflow ui --backend-store-uri "
           f"{_ui_uri(uri)}")  # fmt: skip
 

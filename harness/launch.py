@@ -11,6 +11,7 @@ as soon as its last tuning cell is done, at the learning rate `choose_lr` picks.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -41,6 +42,17 @@ class GridOutcome:
     counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     chosen_lr: dict[Group, float] = field(default_factory=dict)
     seconds: float = 0.0
+    # Per finished cell: seconds in the worker that were not training steps (data, model,
+    # trainer, final evaluation, attention figure), and the launcher's seconds creating its
+    # run and writing what the worker sent.
+    worker_overhead: dict[str, float] = field(default_factory=dict)  # run id -> seconds
+    launcher_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def fixed_cost_per_cell(self) -> float | None:
+        """Median of worker overhead + launcher writes over the cells of this launch."""
+        costs = [w + self.launcher_seconds[r] for r, w in self.worker_overhead.items()]
+        return statistics.median(costs) if costs else None
 
     @property
     def failed(self) -> int:
@@ -214,16 +226,20 @@ class Launcher:
         return self.outcome
 
     def _start(self, cfg: RunConfig, group: Group) -> Job:
+        started = time.perf_counter()
         tags = run_tags(cfg, self.spec.name)
         logger = MlflowRunLogger.start_run(
             self.client, self.exp_id, cfg.run_name, cfg.flat_params(), tags, self.parent_id
         )
         self.in_flight[logger.run_id] = (cfg, group)
+        self.outcome.launcher_seconds[logger.run_id] += time.perf_counter() - started
         return Job(cfg.to_dict(), logger.run_id)
 
     def _handle(self, event: tuple[str, str, Any] | Done | Lost) -> None:
         if isinstance(event, tuple):
+            started = time.perf_counter()
             apply_op(self.client, *event)
+            self.outcome.launcher_seconds[event[1]] += time.perf_counter() - started
             return
         cfg, group = self.in_flight.pop(event.run_id)
         if isinstance(event, Lost):
@@ -233,6 +249,8 @@ class Launcher:
         else:
             outcome = event.outcome
             value = event.metrics.get(f"val/{get_task(cfg.task).metric}")
+            if outcome != "failed":
+                self.outcome.worker_overhead[event.run_id] = event.seconds - event.fit_seconds
         self.outcome.counts[cfg.phase][outcome] += 1
         if cfg.phase == "tune":
             self._tuned(group, TuneResult(cfg.lr, cfg.seed, value if outcome == "ok" else None))

@@ -88,7 +88,7 @@ def run_cell(
     then re-raised) or KILLED (on KeyboardInterrupt or SystemExit, re-raised).
     """
     started = time.perf_counter()
-    _quiet_libraries()
+    quiet_libraries()
     try:
         _injected_fault(cfg)
         _, data, module = prepared or prepare(cfg)
@@ -218,7 +218,7 @@ def _injected_fault(cfg: RunConfig) -> None:
         raise RuntimeError(f"injected failure (HARNESS_FAIL_CELLS) in {cfg.run_name}")
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Lightning's start-up chatter, its advice for big data loaders and MLflow's notes on
     creating a store do not belong on the terminal: the progress bar and the summary do."""
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "mlflow", "alembic"):

@@ -44,6 +44,8 @@ class Done:
     outcome: str  # ok | diverged | failed
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    seconds: float = 0.0  # the whole cell in the worker
+    fit_seconds: float = 0.0  # its training steps
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,10 @@ def worker_main(conn: Connection, threads: int, accelerator: str) -> None:
         cfg = RunConfig(**job.cfg)
         try:
             result = run_cell(cfg, MlflowRunLogger(sink, job.run_id), accelerator=accelerator)
-            conn.send(("done", job.run_id, Done(job.run_id, result.outcome, result.metrics)))
+            done = Done(
+                job.run_id, result.outcome, result.metrics, "", result.seconds, result.fit_seconds
+            )
+            conn.send(("done", job.run_id, done))
         except Exception as err:  # run_cell has recorded it: the run is FAILED
             message = f"{type(err).__name__}: {err}".splitlines()[0][:300]
             conn.send(("done", job.run_id, Done(job.run_id, "failed", error=message)))
