@@ -43,7 +43,6 @@ class Done:
     run_id: str
     outcome: str  # ok | diverged | failed
     metrics: dict[str, float] = field(default_factory=dict)
-    error: str = ""
     seconds: float = 0.0  # the whole cell in the worker
     fit_seconds: float = 0.0  # its training steps
 
@@ -110,12 +109,11 @@ def worker_main(conn: Connection, threads: int, accelerator: str) -> None:
         try:
             result = run_cell(cfg, MlflowRunLogger(sink, job.run_id), accelerator=accelerator)
             done = Done(
-                job.run_id, result.outcome, result.metrics, "", result.seconds, result.fit_seconds
+                job.run_id, result.outcome, result.metrics, result.seconds, result.fit_seconds
             )
             conn.send(("done", job.run_id, done))
-        except Exception as err:  # run_cell has recorded it: the run is FAILED
-            message = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            conn.send(("done", job.run_id, Done(job.run_id, "failed", error=message)))
+        except Exception:  # run_cell has recorded the error in the run, which is FAILED
+            conn.send(("done", job.run_id, Done(job.run_id, "failed")))
 
 
 def _die_with_parent() -> None:
@@ -180,10 +178,6 @@ class LocalPool:
     @property
     def idle(self) -> int:
         return sum(w.job is None for w in self._workers)
-
-    @property
-    def busy(self) -> int:
-        return self.size - self.idle
 
     def submit(self, job: Job) -> None:
         index = next(i for i, w in enumerate(self._workers) if w.job is None)
