@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: the quick grid (every attention kind x every optimizer, two tasks, two seeds)
-# recorded in ./mlflow.db; `harness status grids/quick.yaml` shows where it stands.
+# recorded in ./mlflow.db, then its HTML and PDF report in reports/quick/ (paths printed).
 demo: setup
 	$(BIN)/harness run grids/quick.yaml
-	$(BIN)/harness status grids/quick.yaml
+	$(BIN)/harness report quick
 
 lint: setup
 	$(BIN)/ruff check .

@@ -74,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="a grid YAML file, or an experiment name")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("report", help="HTML and PDF comparison report of an experiment")
+    p.add_argument("experiment", help="MLflow experiment name (a grid's name)")
+    p.add_argument("--out", type=Path, help="output folder (default: reports/EXPERIMENT)")
+    p.add_argument(
+        "--format", default="html,pdf", help="comma-separated: html, pdf (default: html,pdf)"
+    )
+    p.add_argument(
+        "--ui-url",
+        help="MLflow UI address for the run links (default: the tracking URI when it is "
+        "http(s), else http://127.0.0.1:5000)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_tracking_uri(p)
+    p.set_defaults(handler=cmd_report)
     return parser
 
 
@@ -255,6 +270,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = grid_status(MlflowClient(uri), spec, spec.name if spec else args.target)
     print(status)
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mlflow import MlflowClient
+
+    from harness.report import FORMATS, build_report
+    from harness.report.collect import find_experiment
+    from harness.report.progress import RichProgress
+    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise UserError(f"--format {args.format!r}: choose from {', '.join(FORMATS)}")
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)
+    ui_url = args.ui_url or (uri if uri.startswith(("http://", "https://")) else None)
+    out = args.out or Path("reports") / _safe_folder(args.experiment)
+    client = MlflowClient(uri)
+    find_experiment(client, args.experiment)  # a bad name ends here, before any output
+    with RichProgress(enabled=not args.no_progress) as progress:
+        made = build_report(
+            client,
+            args.experiment,
+            out,
+            formats,
+            ui_url=ui_url or "http://127.0.0.1:5000",
+            progress=progress,
+        )
+    for path in made.files:
+        print(path)
+    return 0
+
+
+def _safe_folder(name: str) -> str:
+    """An experiment name as one folder name (no separators, no leading dots)."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
+    return cleaned or "experiment"
 
 
 def _ui_uri(uri: str) -> str:

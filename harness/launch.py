@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Run, RunTag
 from rich.console import Console
 
 import harness
@@ -29,7 +29,13 @@ from harness.errors import UserError
 from harness.grid import Group, TuneResult, choose_lr, final_cells, groups, tune_cells
 from harness.progress import GridProgress
 from harness.spec import GridSpec
-from harness.tracking import MlflowRunLogger, experiment_id, git_commit, run_tags
+from harness.tracking import (
+    MlflowRunLogger,
+    environment_tags,
+    experiment_id,
+    git_commit,
+    run_tags,
+)
 from tasks import get_task
 
 PAGE = 1000
@@ -92,6 +98,33 @@ def tune_result(cfg: RunConfig, run: Run) -> TuneResult:
     if run.data.tags.get("harness.outcome") != "ok":
         value = None
     return TuneResult(cfg.lr, cfg.seed, value)
+
+
+def grid_plan(spec: GridSpec) -> list[dict[str, Any]]:
+    """Every cell the grid asks for, logged with the parent run as plan.json so that a report
+    can list missing cells without the training code. Final cells of a tuned grid have no rate
+    (and no cell id) until tuning picks one: they are known by group, phase and seed."""
+    cells = []
+    for group in groups(spec):
+        tuned = bool(tune_cells(spec, group))
+        planned = tune_cells(spec, group) + final_cells(spec, group, group.fixed_lr)
+        for cfg in planned:
+            known = cfg.phase == "tune" or not tuned
+            cells.append(
+                {
+                    "group": group.label,
+                    "task": group.task,
+                    "attention": group.attention,
+                    "optimizer": group.optimizer,
+                    "sweep": dict(group.sweep),
+                    "phase": cfg.phase,
+                    "seed": cfg.seed,
+                    "lr": cfg.lr if known else None,
+                    "cell_id": cfg.cell_id if known else None,
+                    "run_name": cfg.run_name if known else None,
+                }
+            )
+    return cells
 
 
 # --------------------------------------------------------------------------- checks
@@ -191,8 +224,10 @@ class Launcher:
             run = self.client.create_run(self.exp_id, run_name=self.spec.name, tags=tags)
             parent_id = run.info.run_id
             self.client.log_param(parent_id, "protocol", self.spec.protocol)
+        self.client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in environment_tags().items()])
         spec_yaml = yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False)
         self.client.log_text(parent_id, spec_yaml, "grid.yaml")
+        self.client.log_dict(parent_id, grid_plan(self.spec), "plan.json")
         return parent_id
 
     def _mark_stale(self, runs: list[Run]) -> None:
@@ -227,7 +262,7 @@ class Launcher:
 
     def _start(self, cfg: RunConfig, group: Group) -> Job:
         started = time.perf_counter()
-        tags = run_tags(cfg, self.spec.name)
+        tags = run_tags(cfg, self.spec.name, group.sweep)
         logger = MlflowRunLogger.start_run(
             self.client, self.exp_id, cfg.run_name, cfg.flat_params(), tags, self.parent_id
         )

@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import platform
 import subprocess
 import time
 from collections.abc import Mapping
@@ -30,6 +32,7 @@ from pytorch_lightning.loggers.logger import Logger
 import harness
 from harness.config import RunConfig
 from harness.errors import UserError
+from tasks import get_task
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's log_batch limits (documented): 1000 metrics, 100 params, 100 tags per call.
@@ -153,18 +156,47 @@ class MlflowRunLogger(Logger):
         self.client.set_terminated(self.run_id, status)
 
 
-def run_tags(cfg: RunConfig, grid: str) -> dict[str, str]:
-    """The schema's tags known before training (the worker adds harness.accelerator)."""
+def run_tags(cfg: RunConfig, grid: str, sweep: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """The schema's tags known before training (the worker adds harness.accelerator).
+
+    Besides the cell's identity they hold what a report needs and cannot get from the training
+    code: how the task is scored (`harness.metric`, `harness.target`, `harness.higher_is_better`)
+    and the run's sweep point (`harness.sweep`, JSON; "{}" outside a sweep).
+    """
+    task = get_task(cfg.task)
     tags = {
         "harness.cell_id": cfg.cell_id,
         "harness.grid": grid,
         "harness.phase": cfg.phase,
         "harness.version": harness.__version__,
+        "harness.metric": task.metric,
+        "harness.target": f"{task.target:g}",
+        "harness.higher_is_better": str(task.higher_is_better).lower(),
+        "harness.sweep": json.dumps(dict(sweep or {}), sort_keys=True),
     }
     commit = git_commit()
     if commit:
         tags["harness.git_commit"] = commit
         tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def environment_tags() -> dict[str, str]:
+    """Software and hardware of the launching machine, for the report's appendix."""
+    import mlflow
+    import pytorch_lightning
+
+    tags = {
+        "env.python": platform.python_version(),
+        "env.torch": torch.__version__,
+        "env.pytorch_lightning": pytorch_lightning.__version__,
+        "env.mlflow": mlflow.__version__,
+        "env.platform": platform.platform(),
+        "env.cpu": platform.processor() or platform.machine(),
+        "env.cpu_count": str(os.cpu_count()),
+    }
+    if torch.cuda.is_available():
+        tags["env.gpu"] = torch.cuda.get_device_name(0)
     return tags
 
 

@@ -23,7 +23,13 @@ from harness.errors import UserError
 from harness.models.lightning_module import AttentionTaskModule, Batch
 from harness.probe import attention_figure, attention_maps
 from harness.progress import StepProgress
-from harness.tracking import MlflowRunLogger, StepMetrics, experiment_id, run_tags
+from harness.tracking import (
+    MlflowRunLogger,
+    StepMetrics,
+    environment_tags,
+    experiment_id,
+    run_tags,
+)
 from tasks import Split, Task, TaskData, TaskInputError, get_task
 
 EVAL_BATCH_SIZE = 500
@@ -68,8 +74,9 @@ def train_run(
     prepared = prepare(cfg)  # the user's mistakes surface here, before any run exists
     client = MlflowClient(tracking_uri)
     exp_id = experiment_id(client, experiment)
+    tags = run_tags(cfg, grid) | ({} if parent_run_id else environment_tags())
     logger = MlflowRunLogger.start_run(
-        client, exp_id, cfg.run_name, cfg.flat_params(), run_tags(cfg, grid), parent_run_id
+        client, exp_id, cfg.run_name, cfg.flat_params(), tags, parent_run_id
     )
     return run_cell(cfg, logger, accelerator=accelerator, progress=progress, prepared=prepared)
 

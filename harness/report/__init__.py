@@ -1,0 +1,314 @@
+"""`harness report`: MLflow -> pandas -> statistics -> seaborn figures -> HTML and PDF.
+
+`build_report` runs the four stages (collect, stats, figures, render) and writes
+`report.html`, `report.pdf` and `figures/` into the output folder. Everything is first written
+into a temporary folder beside it and moved into place at the end, so a report that fails
+half-way leaves nothing half-written, and an earlier report stays as it was.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+
+import harness
+from harness.report import stats
+from harness.report.collect import Experiment, collect, download_artifact
+from harness.report.figures import FigureFile, draw_all, figure_count, metric_label
+from harness.report.render import render_html, write_pdf
+
+FORMATS = ("html", "pdf")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    folder: Path
+    files: list[Path]
+    seconds: dict[str, float]  # per stage
+
+
+class Progress:
+    """What build_report tells about its stages: a no-op here, a Rich bar in the CLI."""
+
+    @contextmanager
+    def stage(self, name: str, total: int | None = None) -> Iterator[Any]:
+        yield lambda *args: None
+
+
+def build_report(
+    client: MlflowClient,
+    experiment: str,
+    out: Path,
+    formats: tuple[str, ...] = FORMATS,
+    ui_url: str = "http://127.0.0.1:5000",
+    progress: Progress | None = None,
+) -> ReportFiles:
+
+    progress = progress or Progress()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with progress.stage("reading MLflow") as step:
+        exp = collect(client, experiment, ui_url, progress=lambda done, total: step(done, total))
+    timings["collect"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    table = stats.results_table(exp)
+    tests = stats.comparisons(exp)
+    winners = stats.winners(exp, table)
+    ranking = stats.ranking(table)
+    ratios = stats.profile_ratios(table)
+    finite = ratios.to_numpy(dtype=float)[np.isfinite(ratios.to_numpy(dtype=float))]
+    top = max(2.0, float(finite.max()) * 1.25) if finite.size else 2.0
+    profile = stats.performance_profile(ratios, np.geomspace(1.0, top, 200))
+    timings["stats"] = time.perf_counter() - started
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        started = time.perf_counter()
+        with progress.stage("drawing figures", figure_count(exp, table)) as step:
+            figures = draw_all(exp, table, profile, work / "figures", step=lambda: step(1))
+        gallery = _gallery(client, exp, table, work / "figures")
+        timings["figures"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        context = _context(exp, table, tests, winners, ranking, figures, gallery)
+        html = render_html(context)
+        files = []
+        if "html" in formats:
+            (work / "report.html").write_text(html, encoding="utf-8")
+            files.append("report.html")
+        timings["html"] = time.perf_counter() - started
+        if "pdf" in formats:
+            started = time.perf_counter()
+            with progress.stage("writing the PDF"):
+                write_pdf(html, work / "report.pdf")
+            files.append("report.pdf")
+            timings["pdf"] = time.perf_counter() - started
+        _replace(work, out, files)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return ReportFiles(out, [out / f for f in files] + [out / "figures"], timings)
+
+
+def _replace(work: Path, out: Path, files: list[str]) -> None:
+    """Move the finished report into `out`, replacing the files of an earlier report."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / "figures", ignore_errors=True)
+    (work / "figures").rename(out / "figures")
+    for name in files:
+        (work / name).replace(out / name)
+
+
+def _gallery(client: MlflowClient, exp: Experiment, table: pd.DataFrame, folder: Path) -> list:
+    """Attention maps of the representative runs, downloaded next to the figures."""
+    items = []
+    for rep in stats.representative_runs(exp, table).itertuples():
+        target = folder / f"attention-{rep.run_id}"
+        target.mkdir(parents=True, exist_ok=True)
+        local = download_artifact(client, rep.run_id, "attention_maps.png", str(target))
+        if local:
+            items.append({**rep._asdict(), "path": Path(local)})
+        else:
+            target.rmdir()
+    return items
+
+
+# --------------------------------------------------------------------------- the template's data
+
+
+def _context(
+    exp: Experiment,
+    table: pd.DataFrame,
+    tests: pd.DataFrame,
+    winners: pd.DataFrame,
+    ranking: pd.DataFrame,
+    figures: list[FigureFile],
+    gallery: list,
+) -> dict[str, Any]:
+    runs = exp.runs
+    parent = exp.parent
+    problems = runs[runs.current & (runs.outcome.isin(["failed", "killed", "diverged"]))]
+    grid_name = parent.get("tags", {}).get("harness.grid") or ", ".join(runs.phase.unique())
+    return {
+        "title": f"Attention × optimizer comparison: {exp.name}",
+        "experiment": {"name": exp.name, "id": exp.id},
+        "grid_name": grid_name if parent else "(no grid: runs from harness train)",
+        "protocol": parent.get("params", {}).get("protocol", "unknown"),
+        "counts": {
+            "final": int((exp.final.phase == "final").sum()),
+            "tune": len(exp.tune),
+            "problems": len(problems),
+            "missing": len(exp.missing),
+        },
+        "tasks": list(dict.fromkeys(table.task)),
+        "generated": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": harness.__version__,
+        "winners": [_winner(w, table) for w in winners.itertuples()],
+        "ranking": ranking.to_dict("records"),
+        "results": _results(table),
+        "figure_groups": _figure_groups(figures, table, exp),
+        "gallery": gallery,
+        "comparisons": _comparisons(tests),
+        "alpha": stats.ALPHA,
+        "failed": _failed(exp),
+        "diverged": [
+            {
+                "run_name": r.run_name,
+                "phase": r.phase,
+                "step": r.diverged_at,
+                "url": exp.run_url(r.run_id),
+            }
+            for r in runs[runs.current & (runs.outcome == "diverged")].itertuples()
+        ],
+        "missing": exp.missing.assign(lr=exp.missing.lr.map(_lr)).to_dict("records"),
+        "plan_known": exp.plan_known,
+        "grid_yaml": parent.get("grid_yaml"),
+        "environment": _environment(exp),
+        "ui_hint": _ui_hint(exp.ui_url),
+        "runs": [
+            {
+                "task": r.task,
+                "config": stats.config_label(r),
+                "seed": r.seed,
+                "lr": _lr(r.lr),
+                "outcome": r.outcome,
+                "test": r.test,
+                "run_id": r.run_id,
+                "url": exp.run_url(r.run_id),
+            }
+            for r in exp.final.itertuples()
+        ],
+    }
+
+
+def _lr(value: float | None) -> str:
+    return "—" if value is None or pd.isna(value) else f"{value:g}"
+
+
+def _sort(value: float) -> str:
+    """A data-sort value: inf and NaN sort after every number."""
+    return repr(float(value)) if np.isfinite(value) else "inf"
+
+
+def _metric_text(row: Any) -> str:
+    better = "higher" if row.higher_is_better else "lower"
+    return f"{metric_label(row.metric)}, {better} is better"
+
+
+def _winner(w: Any, table: pd.DataFrame) -> dict[str, Any]:
+    first = table[table.task == w.task].iloc[0]
+    return {**w._asdict(), "metric_text": _metric_text(first)}
+
+
+def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
+    tasks = []
+    for task, rows in table.groupby("task", sort=False):
+        first = rows.iloc[0]
+        eligible = rows[(rows.n > 0) & (rows.n == rows.runs)]
+        best = None
+        if not eligible.empty:
+            pick = (
+                eligible["mean"].idxmax() if first.higher_is_better else eligible["mean"].idxmin()
+            )
+            best = pick
+        comparator = ">=" if first.higher_is_better else "<="
+        tasks.append(
+            {
+                "name": task,
+                "anchor": _anchor(task),
+                "metric_text": _metric_text(first),
+                "target_text": f"{first.metric} {comparator} {first.target:g}",
+                "has_sweep": bool((rows.sweep != "").any()),
+                "rows": [
+                    {
+                        **r._asdict(),
+                        "best": i == best,
+                        "mean_sort": _sort(r.mean),
+                        "std_sort": _sort(r.std),
+                        "ci_low_sort": _sort(r.ci_low),
+                        "ci_high_sort": _sort(r.ci_high),
+                        "ttt_steps_sort": _sort(r.ttt_steps),
+                        "ttt_seconds_sort": _sort(r.ttt_seconds),
+                        "tokens_sort": _sort(r.tokens_per_s),
+                    }
+                    for i, r in zip(rows.index, rows.itertuples(), strict=True)
+                ],
+            }
+        )
+    return tasks
+
+
+def _figure_groups(figures: list[FigureFile], table: pd.DataFrame, exp: Experiment) -> list:
+    groups = []
+    for task in dict.fromkeys(table.task):
+        notes = []
+        if not any(f.name == f"lr-{task}" for f in figures):
+            notes.append(
+                "No learning-rate sensitivity curve: this grid has no finished tuning runs for "
+                "this task."
+            )
+        groups.append(
+            {"title": task, "anchor": _anchor(task),
+             "figures": [f for f in figures if f.task == task], "notes": notes}
+        )  # fmt: skip
+    across = [f for f in figures if f.task is None]
+    notes = []
+    if not any(f.name == "profiles" for f in across):
+        notes.append("No performance profile: no configuration reached its task's target.")
+    groups.append({"title": "Across tasks", "anchor": "across", "figures": across, "notes": notes})
+    return groups
+
+
+def _comparisons(tests: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for task, rows in tests.groupby("task", sort=False):
+        records = [
+            {**r, "p_sort": _sort(r["p"]), "p_holm_sort": _sort(r["p_holm"])}
+            for r in rows.to_dict("records")
+        ]
+        out.append({"name": task, "anchor": _anchor(task), "rows": records})
+    return out
+
+
+def _failed(exp: Experiment) -> list[dict[str, Any]]:
+    runs = exp.runs
+    done_cells = set(runs[runs.status == "FINISHED"].cell_id)
+    bad = runs[runs.status.isin(["FAILED", "KILLED", "RUNNING"])]
+    return [
+        {"run_name": r.run_name, "phase": r.phase, "status": r.status, "error": r.error,
+         "superseded": r.cell_id in done_cells, "url": exp.run_url(r.run_id)}
+        for r in bad.itertuples()
+    ]  # fmt: skip
+
+
+def _environment(exp: Experiment) -> list[tuple[str, str]]:
+    """Software, hardware and source, as the launcher recorded them."""
+    env = exp.environment
+    rows = [(k.removeprefix("env."), v) for k, v in sorted(env.items()) if k.startswith("env.")]
+    if not rows:
+        rows.append(("software and hardware", "not recorded by the launcher of these runs"))
+    accelerators = sorted(set(exp.runs.accelerator) - {""})
+    rows.append(("accelerator of the runs", ", ".join(accelerators) or "not recorded"))
+    rows.append(("harness version", env.get("harness.version", "not recorded")))
+    rows.append(("git commit", env.get("harness.git_commit", "not recorded")))
+    return rows
+
+
+def _ui_hint(ui_url: str) -> str:
+    return f"{ui_url}; start it with `harness ui` when the store is a local file"
+
+
+def _anchor(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower())
