@@ -112,17 +112,20 @@ def _replace(work: Path, out: Path, files: list[str]) -> None:
 
 
 def _gallery(client: MlflowClient, exp: Experiment, table: pd.DataFrame, folder: Path) -> list:
-    """Attention maps of the representative runs, downloaded next to the figures."""
+    """Attention maps of the representative runs, saved as figures/attention-TASK-KIND.png."""
     items = []
-    for rep in stats.representative_runs(exp, table).itertuples():
-        target = folder / f"attention-{rep.run_id}"
-        target.mkdir(parents=True, exist_ok=True)
-        local = download_artifact(client, rep.run_id, "attention_maps.png", str(target))
-        if local:
-            items.append({**rep._asdict(), "path": Path(local)})
-        else:
-            target.rmdir()
+    with tempfile.TemporaryDirectory() as scratch:
+        for rep in stats.representative_runs(exp, table).itertuples():
+            local = download_artifact(client, rep.run_id, "attention_maps.png", scratch)
+            if local:
+                path = folder / _safe_name(f"attention-{rep.task}-{rep.attention}.png")
+                shutil.move(local, path)
+                items.append({**rep._asdict(), "path": path})
     return items
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 # --------------------------------------------------------------------------- the template's data

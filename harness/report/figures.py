@@ -107,6 +107,7 @@ def point_plot(table: pd.DataFrame, task: str) -> Figure:
         ax.set_xticks(range(len(optimizers)), optimizers)
         ax.set_xlabel("optimizer")
         ax.set_ylabel(metric_label(part.metric.iloc[0]))
+        _clip_to_metric(ax, part)
         ax.set_title(sweep or task, fontsize=10)
     axes[0][-1].legend(title="attention", fontsize=8, frameon=False, loc="upper left",
                        bbox_to_anchor=(1.02, 1))  # fmt: skip
@@ -209,6 +210,7 @@ def sweep_plot(table: pd.DataFrame, task: str, key: str) -> Figure | None:
         ax.set_title(optimizer, fontsize=10)
         ax.set_xlabel(key)
         ax.set_ylabel(metric_label(rows.metric.iloc[0]))
+        _clip_to_metric(ax, rows)
     axes[0][-1].legend(title="attention", fontsize=8, frameon=False, loc="upper left",
                        bbox_to_anchor=(1.02, 1))  # fmt: skip
     return fig
@@ -266,6 +268,16 @@ def throughput_plot(table: pd.DataFrame) -> Figure | None:
         ax.set_ylabel("training tokens per second")
         ax.tick_params(axis="x", labelrotation=30)
     return fig
+
+
+def _clip_to_metric(ax: Axes, rows: pd.DataFrame) -> None:
+    """Accuracy lives in [0, 1]: a t-interval from two seeds can reach far past it, and would
+    squash every mean into a line. Cut the axis at the metric's range (the bars run off it)."""
+    if rows.metric.iloc[0] != "acc":
+        return
+    low = np.nanmin(np.concatenate([rows["mean"], rows.ci_low]))
+    high = np.nanmax(np.concatenate([rows["mean"], rows.ci_high]))
+    ax.set_ylim(max(-0.02, low - 0.02), min(1.02, high + 0.02))
 
 
 def _subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kwargs) -> tuple:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -61,9 +62,16 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2 or y.size < 2:
         return math.nan
-    if x.std() == 0 and y.std() == 0:
-        return 1.0 if x.mean() == y.mean() else 0.0
-    return float(st.ttest_ind(x, y, equal_var=False).pvalue)
+    if _constant(x) and _constant(y):
+        return 1.0 if math.isclose(x.mean(), y.mean(), abs_tol=1e-12) else 0.0
+    with warnings.catch_warnings():  # nearly-constant samples: scipy warns, the p is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(st.ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def _constant(x: np.ndarray) -> bool:
+    """No spread beyond float rounding (accuracies of 1.0 summed in another order, say)."""
+    return float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -265,11 +273,16 @@ def winners(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
         p = holm([welch_p(scores[best_key], scores.get(_tuple(r), [])) for r in others])
         tied = [config_label(r) for r, q in zip(others, p, strict=True) if not q < ALPHA]
         if best.n < 2:
-            verdict = "one seed only: no confidence interval"
+            verdict = "one seed only: no confidence interval, no test"
         elif not tied:
             verdict = "better than every other configuration (Holm-adjusted Welch p < 0.05)"
         else:
-            verdict = f"not distinguishable from {len(tied)} other configuration(s)"
+            verdict = (
+                f"not distinguishable (Holm-adjusted Welch p >= 0.05) from {len(tied)} of "
+                f"{len(others)} other configuration(s)"
+            )
+        if 2 <= best.n < 5:
+            verdict += f"; with {int(best.n)} seeds the tests have little power"
         rows.append([task, config_label(best), best["mean"], best.ci_low, best.ci_high,
                      int(best.n), tied, verdict])  # fmt: skip
     columns = ["task", "winner", "mean", "ci_low", "ci_high", "n", "tied", "verdict"]
