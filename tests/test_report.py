@@ -224,13 +224,15 @@ def test_summary_names_a_winner_per_task_and_the_appendix_links_every_run(
     assert "name: rep" in html and "protocol: tune_then_final" in html  # the grid spec
 
 
-def test_a_run_named_like_markup_is_shown_as_text(
-    grid_store: Path, tmp_path: Path, _template_store: Path
-) -> None:
-    db = tmp_path / "mlflow.db"
-    shutil.copy(grid_store / "mlflow.db", db)
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("rep")
+def _copy_of(grid_store: Path, tmp_path: Path) -> tuple[MlflowClient, object]:
+    """A copy of the grid's store for a test that changes it (artifacts stay shared)."""
+    shutil.copy(grid_store / "mlflow.db", tmp_path / "mlflow.db")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return client, client.get_experiment_by_name("rep")
+
+
+def test_a_run_named_like_markup_is_shown_as_text(grid_store: Path, tmp_path: Path) -> None:
+    client, exp = _copy_of(grid_store, tmp_path)
     evil = "<script>alert(1)</script>"
     tags = {"harness.cell_id": "evil", "harness.phase": "final", "harness.grid": "rep",
             "harness.error": '<img src=x onerror="alert(2)">'}  # fmt: skip
@@ -250,10 +252,7 @@ def test_a_run_named_like_markup_is_shown_as_text(
 def test_a_partial_grid_reports_what_exists_and_lists_what_is_missing(
     grid_store: Path, tmp_path: Path
 ) -> None:
-    db = tmp_path / "mlflow.db"
-    shutil.copy(grid_store / "mlflow.db", db)
-    client = MlflowClient(f"sqlite:///{db}")
-    exp = client.get_experiment_by_name("rep")
+    client, exp = _copy_of(grid_store, tmp_path)
     query = "params.task = 'reverse' and params.attention = 'dot' and params.optimizer = 'sgd'"
     doomed = client.search_runs([exp.experiment_id], query + " and tags.`harness.phase` = 'final'")
     assert len(doomed) == 3

@@ -125,27 +125,20 @@ def learning_curves(exp: Experiment, task: str) -> Figure | None:
     )
     if points.empty:
         return None
-    points["panel"] = points.optimizer + np.where(points.sweep != "", " · " + points.sweep, "")
-    panels = _panel_order(points)
-    kinds = ordered(points.attention, ATTENTION_ORDER)
-    cols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / cols)
-    fig, axes = _subplots(nrows, cols, figsize=(3.1 * cols + 1.4, 2.6 * nrows), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")  # fmt: skip
+    points["panel"] = _panel_names(points)
+    fig, axes, panels, kinds = _panel_grid(points, sharex=True)
     target = final.target.iloc[0]
     for ax, panel in zip(axes.flat, panels, strict=False):
         part = points[points.panel == panel]
         sns.lineplot(data=part, x="step", y="value", hue="attention", hue_order=kinds,
                      palette=attention_palette(kinds), errorbar="sd", ax=ax,
-                     legend=ax is axes.flat[cols - 1])  # fmt: skip
+                     legend=ax is axes[0, -1])  # fmt: skip
         if not math.isnan(target):
             ax.axhline(target, color="0.5", linewidth=0.8, linestyle="--")
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel(metric_label(metric, "validation"))
-        _legend_outside(ax, ax is axes.flat[cols - 1], "attention")
-    for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
+        _legend_outside(ax, ax is axes[0, -1], "attention")
     return fig
 
 
@@ -154,19 +147,14 @@ def lr_sensitivity(exp: Experiment, task: str) -> Figure | None:
     tune = exp.tune[(exp.tune.task == task) & (exp.tune.outcome == "ok")].dropna(subset=["val"])
     if tune.empty:
         return None
-    tune = tune.assign(panel=tune.optimizer + np.where(tune.sweep != "", " · " + tune.sweep, ""))
-    panels = _panel_order(tune)
-    kinds = ordered(tune.attention, ATTENTION_ORDER)
-    cols = min(4, len(panels))
-    nrows = math.ceil(len(panels) / cols)
-    fig, axes = _subplots(nrows, cols, figsize=(3.1 * cols + 1.4, 2.6 * nrows), squeeze=False,
-                             sharey=True, layout="constrained")  # fmt: skip
+    tune = tune.assign(panel=_panel_names(tune))
+    fig, axes, panels, kinds = _panel_grid(tune, sharex=False)
     metric = tune.metric.iloc[0]
     for ax, panel in zip(axes.flat, panels, strict=False):
         part = tune[tune.panel == panel]
         sns.lineplot(data=part, x="lr", y="val", hue="attention", hue_order=kinds,
                      palette=attention_palette(kinds), marker="o", errorbar=None, ax=ax,
-                     legend=ax is axes.flat[cols - 1])  # fmt: skip
+                     legend=ax is axes[0, -1])  # fmt: skip
         ax.set_xscale("log")
         rates = sorted(part.lr.unique())
         ax.set_xticks(rates, [f"{r:g}" for r in rates], rotation=45 if len(rates) > 4 else 0)
@@ -174,9 +162,7 @@ def lr_sensitivity(exp: Experiment, task: str) -> Figure | None:
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("learning rate")
         ax.set_ylabel(metric_label(metric, "validation"))
-        _legend_outside(ax, ax is axes.flat[cols - 1], "attention")
-    for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
+        _legend_outside(ax, ax is axes[0, -1], "attention")
     return fig
 
 
@@ -286,9 +272,23 @@ def _subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kwargs) ->
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
-def _panel_order(frame: pd.DataFrame) -> list[str]:
+def _panel_names(frame: pd.DataFrame) -> pd.Series:
+    """One panel per optimizer (and sweep point): "adam", "adam · model.d_k=32"."""
+    return frame.optimizer + np.where(frame.sweep != "", " · " + frame.sweep, "")
+
+
+def _panel_grid(frame: pd.DataFrame, sharex: bool) -> tuple[Figure, np.ndarray, list, list]:
+    """Up to four panels a row, in optimizer order; unused axes hidden. The last panel of
+    the first row carries the legend (moved to its right by _legend_outside)."""
     optimizers = ordered(frame.optimizer, OPTIMIZER_ORDER)
-    return sorted(frame.panel.unique(), key=lambda p: (optimizers.index(p.split(" · ")[0]), p))
+    panels = sorted(frame.panel.unique(), key=lambda p: (optimizers.index(p.split(" · ")[0]), p))
+    cols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig, axes = _subplots(nrows, cols, figsize=(3.1 * cols + 1.4, 2.6 * nrows), squeeze=False,
+                          sharex=sharex, sharey=True)  # fmt: skip
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    return fig, axes, panels, ordered(frame.attention, ATTENTION_ORDER)
 
 
 def _legend_outside(ax: Axes, keep: bool, title: str) -> None:
