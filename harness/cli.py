@@ -60,9 +60,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a comparison grid from a YAML file")
     p.add_argument("grid", help="grid spec, e.g. grids/quick.yaml")
     p.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: cores)"
+        "--workers",
+        type=int,
+        help="cells at a time (default: this machine's cores; with a Ray cluster, its CPUs)",
     )
-    p.add_argument("--backend", choices=["local"], default="local", help="where cells run")
+    p.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: worker processes here (default); ray: Ray actors, here or on a cluster",
+    )
+    p.add_argument(
+        "--ray-address",
+        help="a running Ray cluster (e.g. auto, HOST:6379, ray://HOST:10001); default: start "
+        "Ray on this machine",
+    )
     p.add_argument("--experiment", help="MLflow experiment (default: the grid's name)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default: auto)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
@@ -89,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser("ui", help="browse the runs in the MLflow UI (Ctrl-C stops it)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)"
+    )
+    p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    _add_tracking_uri(p)
+    p.set_defaults(handler=cmd_ui)
     return parser
 
 
@@ -151,7 +171,7 @@ def _kv(params: dict[str, Any]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.config import parse_set_options, resolve
-    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+    from harness.store import check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
@@ -190,26 +210,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.spec import load_grid
 
     spec = load_grid(args.grid)
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be >= 1")
+    if args.ray_address and args.backend != "ray":
+        raise UserError("--ray-address: only with --backend ray")
+    workers = args.workers or os.cpu_count() or 1
     if args.dry_run:
-        _print_plan(spec, plan(spec), args.workers)
+        _print_plan(spec, plan(spec), workers)
         return 0
     from mlflow import MlflowClient
 
     from harness.launch import Launcher, check_cells
-    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+    from harness.store import check_tracking_uri, resolve_tracking_uri
     from harness.train import quiet_libraries
 
     quiet_libraries()
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
+    if args.backend == "ray":
+        from harness.backends.ray import LOCAL
+        from harness.backends.ray import check as check_ray
+
+        check_ray(args.ray_address, uri)
+        if args.workers is None and args.ray_address not in LOCAL:
+            workers = None  # the cluster's CPUs, once connected
     check_cells(spec)  # every bad value stops here, before any run exists
     experiment = args.experiment or spec.name
     console = Console(stderr=True)
     launcher = Launcher(
-        spec, MlflowClient(uri), experiment, args.workers, args.accelerator, console,
-        progress=not args.no_progress,
+        spec, MlflowClient(uri), experiment, workers, args.accelerator, console,
+        progress=not args.no_progress, backend=args.backend, ray_address=args.ray_address,
     )  # fmt: skip
     launcher.prepare()
     try:
@@ -261,7 +291,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from harness.launch import grid_status
     from harness.spec import load_grid
-    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+    from harness.store import check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
@@ -278,7 +308,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from harness.report import FORMATS, build_report
     from harness.report.collect import find_experiment
     from harness.report.progress import RichProgress
-    from harness.tracking import check_tracking_uri, resolve_tracking_uri
+    from harness.store import check_tracking_uri, resolve_tracking_uri
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     unknown = sorted(set(formats) - set(FORMATS))
@@ -302,6 +332,72 @@ def cmd_report(args: argparse.Namespace) -> int:
     for path in made.files:
         print(path)
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import ipaddress
+    import socket
+    import subprocess
+
+    from harness.store import check_tracking_uri, is_http, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_tracking_uri(uri)
+    if is_http(uri):
+        print(f"{uri} is a tracking server and serves the UI itself: open {uri}")
+        return 0
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: must be between 1 and 65535")
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        raise UserError(f"--host {args.host!r}: not an IP address or localhost") from None
+    with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as err:
+            raise UserError(f"--host {args.host} --port {args.port}: {err.strerror}") from None
+    if not loopback:
+        print(
+            f"warning: listening on {args.host}: anyone who can reach this machine can read "
+            "and change these runs (the MLflow UI has no login)",
+            file=sys.stderr,
+        )
+    command = [
+        sys.executable, "-m", "mlflow", "server", "--backend-store-uri", _ui_uri(uri),
+        "--host", args.host, "--port", str(args.port), "--workers", "1",
+        "--uvicorn-opts", "--log-level warning",
+    ]  # fmt: skip
+    shown = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"MLflow UI on {uri}: http://{shown}:{args.port}  (Ctrl-C stops it)", flush=True)
+    quiet = {"MLFLOW_LOGGING_LEVEL": "WARNING", "PYTHONWARNINGS": "ignore"}
+    # Its own session: Ctrl-C reaches only this process, which stops the server's whole
+    # process group (MLflow starts helpers) with SIGTERM, so none is left behind.
+    server = subprocess.Popen(command, env=os.environ | quiet, start_new_session=True)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        _stop_group(server)
+        print("stopped", file=sys.stderr)
+        return 0
+    if code != 0:
+        print(f"error: the MLflow server stopped with exit code {code}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _stop_group(process: Any) -> None:
+    import signal
+    import subprocess
+
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
 
 
 def _safe_folder(name: str) -> str:

@@ -23,7 +23,8 @@ from mlflow.entities import Run, RunTag
 from rich.console import Console
 
 import harness
-from harness.backends.local import Done, Job, LocalPool, Lost, apply_op
+from harness.backends import make_pool
+from harness.backends.local import Done, Job, Lost, apply_op
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.grid import Group, TuneResult, choose_lr, final_cells, groups, tune_cells
@@ -164,9 +165,12 @@ class Launcher:
         accelerator: str,
         console: Console,
         progress: bool,
+        backend: str = "local",
+        ray_address: str | None = None,
     ) -> None:
         self.spec, self.client, self.console = spec, client, console
         self.workers, self.accelerator, self.show_progress = workers, accelerator, progress
+        self.backend, self.ray_address = backend, ray_address
         self.exp_id = experiment_id(client, experiment)
         self.outcome = GridOutcome()
         self.groups = groups(spec)
@@ -240,7 +244,10 @@ class Launcher:
     # running ---------------------------------------------------------------------------
     def run(self) -> GridOutcome:
         started = time.perf_counter()
-        pool = LocalPool(self.workers, self.accelerator)
+        pool = make_pool(
+            self.backend, self.workers, self.accelerator, self.client.tracking_uri,
+            self.ray_address,
+        )  # fmt: skip
         bar = GridProgress(self.spec.name, self.total, self.console, self.show_progress)
         try:
             with bar:

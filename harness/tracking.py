@@ -31,27 +31,11 @@ from pytorch_lightning.loggers.logger import Logger
 
 import harness
 from harness.config import RunConfig
-from harness.errors import UserError
 from tasks import get_task
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 # MLflow's log_batch limits (documented): 1000 metrics, 100 params, 100 tags per call.
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
-
-
-def resolve_tracking_uri(uri: str | None = None) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else ./mlflow.db (MLflow's own default)."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def check_tracking_uri(uri: str) -> None:
-    """Fail early, with the address, on a store that cannot be opened."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix):
-        folder = Path(uri[len(prefix) :]).parent
-        if not folder.is_dir():
-            raise UserError(f"tracking URI {uri}: folder {folder} does not exist")
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:

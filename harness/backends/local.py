@@ -99,21 +99,24 @@ def worker_main(conn: Connection, threads: int, accelerator: str) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    sink = PipeSink(conn)
+    while (job := conn.recv()) is not None:
+        conn.send(("done", job.run_id, run_job(sink, job, accelerator)))
+
+
+def run_job(client: Any, job: Job, accelerator: str) -> Done:
+    """Train one cell into its run through `client` (an MlflowClient or a sink); every
+    backend's workers call this."""
     from harness.config import RunConfig
     from harness.tracking import MlflowRunLogger
     from harness.train import run_cell
 
-    sink = PipeSink(conn)
-    while (job := conn.recv()) is not None:
-        cfg = RunConfig(**job.cfg)
-        try:
-            result = run_cell(cfg, MlflowRunLogger(sink, job.run_id), accelerator=accelerator)
-            done = Done(
-                job.run_id, result.outcome, result.metrics, result.seconds, result.fit_seconds
-            )
-            conn.send(("done", job.run_id, done))
-        except Exception:  # run_cell has recorded the error in the run, which is FAILED
-            conn.send(("done", job.run_id, Done(job.run_id, "failed")))
+    cfg = RunConfig(**job.cfg)
+    try:
+        result = run_cell(cfg, MlflowRunLogger(client, job.run_id), accelerator=accelerator)
+    except Exception:  # run_cell has recorded the error in the run, which is FAILED
+        return Done(job.run_id, "failed")
+    return Done(job.run_id, result.outcome, result.metrics, result.seconds, result.fit_seconds)
 
 
 def _die_with_parent() -> None:

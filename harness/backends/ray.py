@@ -1,0 +1,154 @@
+"""The Ray backend: cells on long-lived Ray actors, on this machine or on a Ray cluster.
+
+The launcher is the same as for the local backend (same planning, resume and skip rules,
+progress bar); only where a cell trains changes. Each actor is one worker: it imports torch,
+Lightning and MLflow once and trains the cells it is given, one at a time (`run_job`, as a
+local worker does). Ray Tune is not used: its MLflow callback sends one request per metric
+key per report, and the protocol's tune-then-final scheduling is the launcher's already.
+
+How metric points reach MLflow, in batches either way (`MlflowRunLogger` sends `log_batch`
+calls of up to 1000 points):
+- with a tracking server (`--tracking-uri http://...`), each actor writes its runs to the
+  server itself, so a cluster of many machines does not funnel every point through the
+  launcher;
+- with a local store (SQLite) on a local Ray instance, actors send their calls through a
+  Ray queue and the launcher writes them, one writer, as with the local backend. Actors on
+  other machines cannot reach a local file: `check` refuses that combination.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from harness.backends.local import Done, Job, Lost, PipeSink, run_job
+from harness.errors import UserError
+from harness.store import is_http
+
+LOCAL = (None, "", "local")  # --ray-address values that mean "start Ray on this machine"
+QUEUE_BATCH = 1000  # queue items taken per poll
+
+
+def check(address: str | None, tracking_uri: str) -> None:
+    """Before anything is created: Ray is installed, and remote workers can reach the store."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "--backend ray: Ray is not installed (pip install 'attention-harness[ray]')"
+        ) from None
+    if address not in LOCAL and not is_http(tracking_uri):
+        raise UserError(
+            f"--ray-address {address} with tracking URI {tracking_uri}: workers on other "
+            "machines cannot write to a local store; start an MLflow tracking server and pass "
+            "--tracking-uri http://HOST:PORT (README: Scaling out)"
+        )
+
+
+class _QueueConn:
+    """What PipeSink needs of a connection (`send`), over a Ray queue."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+
+    def send(self, message: tuple) -> None:
+        self.queue.put(message)  # blocks until the queue holds it: ordered before "done"
+
+
+class CellWorker:
+    """One Ray actor: trains the cells it is given, one at a time."""
+
+    def __init__(self, threads: int, accelerator: str, tracking_uri: str | None, queue: Any):
+        import torch
+        from mlflow import MlflowClient
+
+        from harness.train import quiet_libraries
+
+        torch.set_num_threads(threads)
+        quiet_libraries()
+        self.accelerator = accelerator
+        self.client = MlflowClient(tracking_uri) if tracking_uri else PipeSink(_QueueConn(queue))
+
+    def run(self, job: Job) -> Done:
+        return run_job(self.client, job, self.accelerator)
+
+
+class RayPool:
+    """`workers` actors; the same interface as LocalPool (idle, submit, poll, shutdown)."""
+
+    def __init__(
+        self, workers: int | None, accelerator: str, address: str | None, tracking_uri: str
+    ) -> None:
+        import ray
+        from ray.util.queue import Queue
+
+        self.ray = ray
+        self.started_ray = not ray.is_initialized()
+        if self.started_ray:
+            local = address in LOCAL
+            ray.init(
+                address=None if local else address,
+                num_cpus=(workers or os.cpu_count()) if local else None,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                configure_logging=True,
+            )
+        workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        direct = is_http(tracking_uri)  # actors write to the server themselves
+        self.queue = None if direct else Queue()
+        on_this_machine = address in LOCAL
+        threads = max(1, (os.cpu_count() or 1) // workers) if on_this_machine else 1
+        gpus = 1 if accelerator in ("gpu", "cuda") or _auto_gpu(ray, accelerator) else 0
+        actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(CellWorker)
+        self._new = lambda: actor.remote(
+            threads, accelerator, tracking_uri if direct else None, self.queue
+        )
+        self._actors = [self._new() for _ in range(workers)]
+        self._running: dict[Any, tuple[int, Job]] = {}  # future -> (actor index, job)
+
+    @property
+    def idle(self) -> int:
+        return len(self._actors) - len(self._running)
+
+    def submit(self, job: Job) -> None:
+        busy = {index for index, _ in self._running.values()}
+        index = next(i for i in range(len(self._actors)) if i not in busy)
+        self._running[self._actors[index].run.remote(job)] = (index, job)
+
+    def poll(self, timeout: float) -> Iterable[tuple[str, str, Any] | Done | Lost]:
+        """Finished cells are found first, then the queue is drained, then the cells are
+        reported: every call a cell made is applied before its run is counted done."""
+        ready: list = []
+        if self._running:
+            ready, _ = self.ray.wait(list(self._running), num_returns=len(self._running),
+                                     timeout=timeout)  # fmt: skip
+        yield from self._drain_queue()
+        for future in ready:
+            index, job = self._running.pop(future)
+            try:
+                yield self.ray.get(future)
+            except self.ray.exceptions.RayActorError as err:
+                self._actors[index] = self._new()
+                yield Lost(job.run_id, f"Ray actor died: {str(err).splitlines()[0]}")
+            except self.ray.exceptions.RayError as err:
+                yield Lost(job.run_id, f"Ray task failed: {str(err).splitlines()[0]}")
+
+    def _drain_queue(self) -> Iterable[tuple[str, str, Any]]:
+        while self.queue is not None and not self.queue.empty():
+            yield from self.queue.get_nowait_batch(min(QUEUE_BATCH, self.queue.qsize()))
+
+    def shutdown(self, kill: bool = False) -> list[Job]:
+        running = [job for _, job in self._running.values()]
+        for actor in self._actors:
+            self.ray.kill(actor)
+        self._running.clear()
+        if self.started_ray:
+            self.ray.shutdown()
+        return running
+
+
+def _auto_gpu(ray: Any, accelerator: str) -> bool:
+    return accelerator == "auto" and ray.cluster_resources().get("GPU", 0) > 0

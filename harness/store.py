@@ -1,0 +1,69 @@
+"""Where runs are stored: the tracking URI, resolved and checked before anything is created.
+
+Kept free of torch and Lightning so that light commands (`harness ui`, `harness report`,
+`harness status`) start quickly.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from harness.errors import UserError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+CONNECT_TIMEOUT = 5.0  # seconds to wait for a tracking server's first answer
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else ./mlflow.db (MLflow's own default)."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Fail early, with the address, on a store that cannot be opened: before any run exists,
+    and for a tracking server within `timeout` seconds (MLflow's own client retries an
+    unreachable server for minutes)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix):
+        folder = Path(uri[len(prefix) :]).parent
+        if not folder.is_dir():
+            raise UserError(f"tracking URI {uri}: folder {folder} does not exist")
+    elif is_http(uri):
+        _check_server(uri, timeout)
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    """One request to the server's REST API: is it there, and is it an MLflow server?"""
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    request = urllib.request.Request(url, headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            json.load(response)
+    except urllib.error.HTTPError as err:
+        raise UserError(f"tracking server {uri}: answered HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise UserError(f"tracking server {uri}: unreachable ({reason})") from None
+    except ValueError:
+        raise UserError(f"tracking server {uri}: does not answer like an MLflow server") from None
+
+
+def _auth_headers() -> dict[str, str]:
+    """MLflow's own credentials variables, so the check passes where the client would."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = (os.environ.get(f"MLFLOW_TRACKING_{k}") for k in ("USERNAME", "PASSWORD"))
+    if user and password:
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {basic}"}
+    return {}
