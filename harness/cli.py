@@ -199,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "unigram_bpc" in result.data_info:
         print(f"  unigram entropy of the corpus: {float(result.data_info['unigram_bpc']):.4f} bpc")
     print(f"  {result.seconds:.1f} s; stored in {uri} (experiment {args.experiment!r})")
-    print(f"  browse: mlflow ui --backend-store-uri {_ui_uri(uri)}")
+    print(f"  browse: {_browse_hint(uri)}")
     return 0
 
 
@@ -282,8 +282,7 @@ def _print_outcome(outcome: Any, experiment: str, uri: str) -> None:
             f"fixed cost per cell (median; all but the training steps): "
             f"{outcome.fixed_cost_per_cell:.2f} s"
         )
-    print(f"stored in {uri} (experiment {experiment!r}); browse: mlflow ui --backend-store-uri "
-          f"{_ui_uri(uri)}")  # fmt: skip
+    print(f"stored in {uri} (experiment {experiment!r}); browse: {_browse_hint(uri)}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -404,6 +403,16 @@ def _safe_folder(name: str) -> str:
     """An experiment name as one folder name (no separators, no leading dots)."""
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
     return cleaned or "experiment"
+
+
+def _browse_hint(uri: str) -> str:
+    from harness.store import DEFAULT_TRACKING_URI, is_http
+
+    if is_http(uri):
+        return uri
+    if uri == DEFAULT_TRACKING_URI:
+        return "harness ui"
+    return f"harness ui --tracking-uri {_ui_uri(uri)}"
 
 
 def _ui_uri(uri: str) -> str:
