@@ -11,6 +11,7 @@ import torch
 
 from harness.models.attention import (
     ADDITIVE_CHUNK_BUDGET,
+    ADDITIVE_KEEP_BUDGET,
     ATTENTION,
     Attention,
     _auto_chunk_rows,
@@ -305,40 +306,51 @@ def test_auto_chunk_rows_arithmetic() -> None:
     assert _auto_chunk_rows(2, 3, 100, 16, budget=2 * 3 * 100 * 16 * 10) == 10
     # A single row over budget still makes progress, one row at a time.
     assert _auto_chunk_rows(4, 4, 64, 64, budget=100) == 1
-    # The default budget at the benchmark size (B=32, h=4, L=64, d=16) splits in two.
-    assert ADDITIVE_CHUNK_BUDGET == 2**22
-    assert _auto_chunk_rows(32, 4, 64, 16) == 32
+    # The default budget (4 MiB of float32) at the benchmark size (B=32, h=4, L=64, d=16):
+    # blocks of 8 query rows, 8 chunks.
+    assert ADDITIVE_CHUNK_BUDGET == 2**20
+    assert _auto_chunk_rows(32, 4, 64, 16) == 8
 
 
-def test_additive_saves_only_inputs_for_backward() -> None:
-    """What autograd keeps for the score step must be O(B h L d), never the 5-D tanh block."""
+def _saved(fn: Callable[[], object]) -> list[int]:
+    """Sizes (elements) of every tensor autograd saves while `fn` runs."""
+    sizes: list[int] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sizes
+
+
+def test_additive_saves_at_most_the_keep_budget_for_backward() -> None:
+    """Small cases keep their tanh blocks (at most ADDITIVE_KEEP_BUDGET elements in all);
+    large ones save only O(B h L d) inputs: never the whole 5-D tanh tensor above the budget."""
     b, h, length, d = 2, 2, 24, 8
     full = b * h * length * length * d
+    assert full <= ADDITIVE_KEEP_BUDGET
     qa, ka, v = _additive_inputs(b, h, length, d)
+    assert max(_saved(lambda: additive_scores_naive(qa, ka, v))) >= full  # the check can fail
+    kept = _saved(lambda: additive_scores(qa, ka, v, chunk_size=4))
+    assert sum(kept) == 2 * b * h * length * d + h * d + full  # qa, ka, v and 6 blocks
+    assert max(kept) == full // 6
 
-    def largest_saved(fn: Callable[[], object]) -> int:
-        sizes: list[int] = []
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            sizes.append(t.numel())
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
-        return max(sizes)
-
-    assert largest_saved(lambda: additive_scores_naive(qa, ka, v)) >= full  # the check can fail
-    assert largest_saved(lambda: additive_scores(qa, ka, v, chunk_size=1)) <= b * h * length * d
-    assert largest_saved(lambda: additive_scores(qa, ka, v)) <= b * h * length * d
-    # The whole module keeps nothing 5-D either.
+    b, h, length, d = 4, 2, 256, 16  # 8.4M elements in all, over the keep budget
+    assert b * h * length * length * d > ADDITIVE_KEEP_BUDGET
+    qa, ka, v = _additive_inputs(b, h, length, d)
+    assert max(_saved(lambda: additive_scores(qa, ka, v))) <= b * h * length * d
+    # The whole module keeps nothing 5-D either, beyond the budget.
     m = make("additive", {"n_heads": h, "d_attn": d})
     x, pad = inputs()
-    m_full = B * h * L * L * d
-    assert largest_saved(lambda: m(x, key_padding_mask=pad, causal=True)) < m_full
+    assert sum(_saved(lambda: m(x, key_padding_mask=pad, causal=True))) < (
+        ADDITIVE_KEEP_BUDGET + B * h * L * L * 8
+    )
 
 
 def test_additive_auto_chunks_above_budget_match_naive() -> None:
-    # 2*2*160*160*64 = 6.5M elements > 2**22, so automatic chunking makes two chunks.
+    # 2*2*160*160*64 = 6.5M elements > 2**20, so automatic chunking makes several chunks.
     b, h, length, d = 2, 2, 160, 64
     assert _auto_chunk_rows(b, h, length, d) < length
     qa, ka, v = _additive_inputs(b, h, length, d, dtype=torch.float64)
@@ -348,6 +360,7 @@ def test_additive_auto_chunks_above_budget_match_naive() -> None:
     ins = [t.detach().float().requires_grad_(True) for t in (qa, ka, v)]
     got = additive_scores(*ins)
     got_grads = torch.autograd.grad(got, ins, grad_out.float())
-    # Float32 against float64, relative to the norm: dv sums 51,200 terms per element.
+    # Float32 against float64, relative to the norm, to the issue's 1e-5: dv sums 51,200
+    # terms per element in float32 (measured: 1.4e-6).
     for a, r in zip((got, *got_grads), (ref, *ref_grads), strict=True):
-        assert (a.double() - r).norm() <= 1e-6 * r.norm()
+        assert (a.double() - r).norm() <= 1e-5 * r.norm()

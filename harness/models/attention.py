@@ -33,8 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-# Elements of one (B, h, rows, L, d_attn) tanh block that additive attention may hold at once.
-ADDITIVE_CHUNK_BUDGET = 2**22
+# Elements of one (B, h, rows, L, d_attn) tanh block that additive attention may hold at once:
+# 2**20 float32 values are 4 MiB, small enough that the in-place passes over a block run in
+# cache. Measured by benchmarks/attention.py: 2**18..2**20 were fastest at the default sizes,
+# 2**22 was 30% slower (README, "Measured").
+ADDITIVE_CHUNK_BUDGET = 2**20
+# Up to this many elements in all (16 MiB of float32), the forward's tanh blocks are kept for
+# the backward instead of recomputed: memory stays bounded, and small cases skip a pass.
+ADDITIVE_KEEP_BUDGET = 2**22
 
 
 # --------------------------------------------------------------------------- masking
@@ -204,35 +210,48 @@ def additive_scores_naive(qa: Tensor, ka: Tensor, v: Tensor) -> Tensor:
 
 
 class _AdditiveScores(torch.autograd.Function):
-    """Additive scores computed chunk by chunk over query rows, saving only the inputs.
+    """Additive scores computed chunk by chunk over query rows.
 
-    Backward recomputes t = tanh(qa_i + ka_j) per chunk; with g = dL/dscore:
+    When the whole (B, h, Lq, Lk, d) tanh tensor is at most ADDITIVE_KEEP_BUDGET elements its
+    blocks are saved for backward; above that only the inputs are saved and backward recomputes
+    t = tanh(qa_i + ka_j) per chunk, so memory stays bounded either way. With g = dL/dscore:
       dv = sum_{b,i,j} g * t,   dpre = g * v * (1 - t^2),   dqa = sum_j dpre,   dka = sum_i dpre.
     """
 
     @staticmethod
     def forward(ctx: Any, qa: Tensor, ka: Tensor, v: Tensor, rows: int) -> Tensor:
-        ctx.save_for_backward(qa, ka, v)
         ctx.rows = rows
-        v_col = v[:, None, :, None]  # (h, 1, d, 1), batched over (B, h, rows)
+        keep = qa[..., :1, :].numel() * ka.shape[-2] * qa.shape[-2] <= ADDITIVE_KEEP_BUDGET
+        blocks: list[Tensor] = []  # small enough: tanh kept for backward, not recomputed
         scores = qa.new_empty(*qa.shape[:-1], ka.shape[-2])
         for s in range(0, qa.shape[-2], rows):
             t = (qa[..., s : s + rows, None, :] + ka[..., None, :, :]).tanh_()  # (B, h, r, Lk, d)
-            scores[..., s : s + rows, :] = (t @ v_col).squeeze(-1)
+            # one matrix-vector product per head over all (b, i, j), not one per (b, h, i)
+            scores[..., s : s + rows, :] = torch.einsum("bhrld,hd->bhrl", t, v)
+            if keep:
+                blocks.append(t)
+        ctx.kept = keep
+        ctx.save_for_backward(qa, ka, v, *blocks)
         return scores
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        qa, ka, v = ctx.saved_tensors
+        qa, ka, v, *blocks = ctx.saved_tensors
         rows = ctx.rows
         dqa, dka, dv = torch.empty_like(qa), torch.zeros_like(ka), torch.zeros_like(v)
         v_b = v[:, None, None, :]  # (h, 1, 1, d)
-        for s in range(0, qa.shape[-2], rows):
+        for n, s in enumerate(range(0, qa.shape[-2], rows)):
             g = grad[..., s : s + rows, :]  # (B, h, r, Lk)
-            t = (qa[..., s : s + rows, None, :] + ka[..., None, :, :]).tanh_()
-            dv += (g[..., None, :] @ t).sum(dim=(0, 2, 3))  # sum over j in matmul, b, i after
-            dpre = torch.ops.aten.tanh_backward(g[..., None] * v_b, t)  # fused g v (1 - t^2)
+            if ctx.kept:
+                t = blocks[n]
+            else:
+                t = (qa[..., s : s + rows, None, :] + ka[..., None, :, :]).tanh_()
+            dv += torch.einsum("bhrl,bhrld->hd", g, t)  # one product per head
+            if ctx.kept:  # kept blocks may serve another backward: no in-place
+                dpre = torch.ops.aten.tanh_backward(g[..., None] * v_b, t)  # g v (1 - t^2)
+            else:  # dpre = g v (1 - t^2) in the recomputed block's buffer, still in cache
+                dpre = t.square_().neg_().add_(1).mul_(g[..., None]).mul_(v_b)
             dqa[..., s : s + rows, :] = dpre.sum(dim=-2)
             dka += dpre.sum(dim=-3)
         return dqa, dka, dv, None
