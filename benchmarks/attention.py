@@ -10,7 +10,9 @@ Time: median of `--repeats` runs after warm-up, in this process (kinds interleav
 repeat, since the machines here are shared and noisy). Peak memory: each kind and size runs
 once more in a fresh subprocess, and the figure is its peak resident memory above what the
 process held just before (Linux's VmHWM, reset first), so it covers autograd's saved tensors
-and every temporary. Ratios are printed last.
+and every temporary. Ratios are printed last: the additive module against the same module
+with the naive form, and the score kernel alone (scores and their gradients) against the
+naive kernel.
 
     .venv/bin/python benchmarks/attention.py                 # default sizes + L = 64, 256, 1024
     .venv/bin/python benchmarks/attention.py --no-memory --repeats 3
@@ -30,7 +32,12 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import MODEL_DEFAULTS, TRAIN_DEFAULTS
-from harness.models.attention import AdditiveAttention, additive_scores_naive, build_attention
+from harness.models.attention import (
+    AdditiveAttention,
+    additive_scores,
+    additive_scores_naive,
+    build_attention,
+)
 
 KINDS = ["sdpa", "dot", "scaled_dot", "multihead", "additive", "additive_naive"]
 NAIVE_LIMIT = 3 * 2**30  # bytes: skip the naive form where its (B,h,L,L,d) tensors need more
@@ -64,6 +71,24 @@ def make(kind: str, batch: int, length: int, d_model: int, d_k: int) -> Callable
         out.sum().backward()
 
     return step
+
+
+def kernel_times(batch: int, length: int, d_k: int, repeats: int) -> tuple[float, float]:
+    """The additive score kernel alone (scores and their gradients, one head), harness
+    against naive, interleaved: median seconds of each."""
+    torch.manual_seed(0)
+    qa, ka = (torch.randn(batch, 1, length, d_k, requires_grad=True) for _ in range(2))
+    v = torch.randn(1, d_k, requires_grad=True)
+    fns = [lambda: additive_scores(qa, ka, v), lambda: additive_scores_naive(qa, ka, v)]
+    times: list[list[float]] = [[], []]
+    for fn in fns:
+        fn().sum().backward()
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times, strict=True):
+            started = time.perf_counter()
+            fn().sum().backward()
+            spent.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def naive_bytes(batch: int, length: int, d_k: int) -> int:
@@ -138,12 +163,14 @@ def main() -> None:
             )
             print(f"{batch:>5} {length:>5} {kind:<15} {1000 * times[key]:9.2f} "
                   f"{times[key] / floor:8.1f} {memory:>9}")  # fmt: skip
-    print("ratios (additive_naive time / additive time):")
+    print("ratios, naive form time / harness time (additive module; score kernel alone):")
     for batch, length in sizes:
         naive = times.get(("additive_naive", batch, length))
         if naive:
             ratio = naive / times[("additive", batch, length)]
-            print(f"  batch {batch}, L {length}: {ratio:.2f}x")
+            ours, theirs = kernel_times(batch, length, d_k, 3 * args.repeats)
+            print(f"  batch {batch}, L {length}: module {ratio:.2f}x; kernel {theirs / ours:.2f}x "
+                  f"({1000 * ours:.1f} ms vs {1000 * theirs:.1f} ms)")  # fmt: skip
 
 
 if __name__ == "__main__":

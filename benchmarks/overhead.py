@@ -8,7 +8,7 @@
 The three are interleaved, `--repeats` times, in one process, and the medians compared,
 because the machines here are shared and noisy. Ratios are printed last.
 
-    .venv/bin/python benchmarks/overhead.py [--steps 300] [--repeats 5] [--accelerator cpu]
+    .venv/bin/python benchmarks/overhead.py [--steps 300] [--repeats 5] [--model quick|default]
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from harness.config import RunConfig, resolve
 from harness.models.lightning_module import AttentionTaskModule
 from harness.optim import build_optimizer, build_scheduler
 from harness.train import RandomBatches, prepare, train_run
+
+# grids/quick.yaml: model d_model 32, d_ff 64 (2 layers, d_k 16), copy of length 8
+QUICK_MODEL = {"model.d_model": 32, "model.d_ff": 64, "task.length": 8}
 
 
 def plain_loop(cfg: RunConfig, device: torch.device) -> float:
@@ -93,15 +96,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument(
+        "--model",
+        choices=["quick", "default"],
+        default="quick",
+        help="quick: grids/quick.yaml's model and copy length (the issue's target); default: "
+        "the harness's default model",
+    )
     args = parser.parse_args()
     # validation only after fit (val_every > steps), so every variant times training alone
-    cfg = resolve(
-        args.task,
-        args.attention,
-        "adam",
-        steps=args.steps,
-        overrides={"train.val_every": 10 * args.steps},
-    )
+    overrides = {"train.val_every": 10 * args.steps}
+    if args.model == "quick":
+        overrides |= QUICK_MODEL
+    cfg = resolve(args.task, args.attention, "adam", steps=args.steps, overrides=overrides)
     device = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False).strategy.root_device
     times: dict[str, list[float]] = {"plain": [], "stock": [], "harness": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -114,7 +121,8 @@ def main() -> None:
             print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
-        f"{args.task}/{args.attention}, {args.steps} steps, batch {cfg.train['batch_size']}, "
+        f"{args.task}/{args.attention} ({args.model} model), {args.steps} steps, "
+        f"batch {cfg.train['batch_size']}, "
         f"{device.type}, torch threads {torch.get_num_threads()}"
     )
     for name, label in (
