@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,6 +71,11 @@ def test_fixed_grid_with_two_workers_then_resume(
         assert run.data.tags["harness.phase"] == "final"
         assert run.data.tags["harness.outcome"] == "ok"
         assert run.data.tags["harness.accelerator"] == "cpu"
+        # what a report needs without the training code (DESIGN run schema + report tags)
+        assert run.data.tags["harness.metric"] == "acc"
+        assert run.data.tags["harness.target"] == "0.99"
+        assert run.data.tags["harness.higher_is_better"] == "true"
+        assert run.data.tags["harness.sweep"] == "{}"
         # every point written by the concurrent workers arrived, once
         history = {k: client.get_metric_history(run.info.run_id, k) for k in run.data.metrics}
         assert [m.step for m in history["train/loss"]] == list(range(1, 41))
@@ -78,7 +84,12 @@ def test_fixed_grid_with_two_workers_then_resume(
         assert len(history["test/acc"]) == 1
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "attention_maps.png"} <= artifacts
-    assert "grid.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"grid.yaml", "plan.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"env.python", "env.torch", "env.mlflow", "env.cpu_count"} <= set(parent.data.tags)
+    plan = json.loads(Path(client.download_artifacts(parent.info.run_id, "plan.json")).read_text())
+    assert sorted(c["cell_id"] for c in plan) == sorted(
+        r.data.tags["harness.cell_id"] for r in runs
+    )
     first_ids = {r.info.run_id for r in runs}
 
     # the same grid again: nothing to do
