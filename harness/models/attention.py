@@ -241,6 +241,7 @@ class _AdditiveScores(torch.autograd.Function):
         rows = ctx.rows
         dqa, dka, dv = torch.empty_like(qa), torch.zeros_like(ka), torch.zeros_like(v)
         v_b = v[:, None, None, :]  # (h, 1, 1, d)
+        scratch = None  # one block-sized buffer for dpre, reused by every chunk
         for n, s in enumerate(range(0, qa.shape[-2], rows)):
             g = grad[..., s : s + rows, :]  # (B, h, r, Lk)
             if ctx.kept:
@@ -248,10 +249,13 @@ class _AdditiveScores(torch.autograd.Function):
             else:
                 t = (qa[..., s : s + rows, None, :] + ka[..., None, :, :]).tanh_()
             dv += torch.einsum("bhrl,bhrld->hd", g, t)  # one product per head
-            if ctx.kept:  # kept blocks may serve another backward: no in-place
-                dpre = torch.ops.aten.tanh_backward(g[..., None] * v_b, t)  # g v (1 - t^2)
-            else:  # dpre = g v (1 - t^2) in the recomputed block's buffer, still in cache
-                dpre = t.square_().neg_().add_(1).mul_(g[..., None]).mul_(v_b)
+            if ctx.kept:  # kept blocks may serve another backward: t stays as it is
+                if scratch is None or scratch.shape != t.shape:
+                    scratch = torch.empty_like(t)
+                dpre = torch.mul(t, t, out=scratch)
+            else:  # the recomputed block's own buffer, still in cache
+                dpre = t.square_()
+            dpre.neg_().add_(1).mul_(g[..., None]).mul_(v_b)  # g v (1 - t^2)
             dqa[..., s : s + rows, :] = dpre.sum(dim=-2)
             dka += dpre.sum(dim=-3)
         return dqa, dka, dv, None
