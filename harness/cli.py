@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from harness.backends import BACKENDS
 from harness.errors import UserError
 
 
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--backend",
-        choices=["local", "ray"],
+        choices=BACKENDS,
         default="local",
         help="local: worker processes here (default); ray: Ray actors, here or on a cluster",
     )

@@ -107,10 +107,9 @@ def grid_plan(spec: GridSpec) -> list[dict[str, Any]]:
     (and no cell id) until tuning picks one: they are known by group, phase and seed."""
     cells = []
     for group in groups(spec):
-        tuned = bool(tune_cells(spec, group))
-        planned = tune_cells(spec, group) + final_cells(spec, group, group.fixed_lr)
-        for cfg in planned:
-            known = cfg.phase == "tune" or not tuned
+        tune = tune_cells(spec, group)
+        for cfg in tune + final_cells(spec, group, group.fixed_lr):
+            known = cfg.phase == "tune" or not tune
             cells.append(
                 {
                     "group": group.label,

@@ -86,8 +86,8 @@ class RayPool:
 
         self.ray = ray
         self.started_ray = not ray.is_initialized()
+        local = address in LOCAL  # Ray on this machine, not a cluster
         if self.started_ray:
-            local = address in LOCAL
             ray.init(
                 address=None if local else address,
                 num_cpus=(workers or os.cpu_count()) if local else None,
@@ -99,8 +99,7 @@ class RayPool:
         workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         direct = is_http(tracking_uri)  # actors write to the server themselves
         self.queue = None if direct else Queue()
-        on_this_machine = address in LOCAL
-        threads = max(1, (os.cpu_count() or 1) // workers) if on_this_machine else 1
+        threads = max(1, (os.cpu_count() or 1) // workers) if local else 1
         gpus = 1 if accelerator in ("gpu", "cuda") or _auto_gpu(ray, accelerator) else 0
         actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(CellWorker)
         self._new = lambda: actor.remote(

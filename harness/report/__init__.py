@@ -219,13 +219,7 @@ def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
     tasks = []
     for task, rows in table.groupby("task", sort=False):
         first = rows.iloc[0]
-        eligible = rows[(rows.n > 0) & (rows.n == rows.runs)]
-        best = None
-        if not eligible.empty:
-            pick = (
-                eligible["mean"].idxmax() if first.higher_is_better else eligible["mean"].idxmin()
-            )
-            best = pick
+        best = stats.best_index(rows)
         comparator = ">=" if first.higher_is_better else "<="
         tasks.append(
             {

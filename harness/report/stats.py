@@ -27,6 +27,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -252,6 +253,17 @@ def _mean(values: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- winners
 
 
+def best_index(configs: pd.DataFrame, eligible_only: bool = True) -> Any:
+    """Index of the best mean among `configs` (rows of one task); None when none qualifies.
+    Eligible: every seed finished without diverging (n == runs > 0)."""
+    pool = configs[(configs.n > 0) & (configs.n == configs.runs)] if eligible_only else configs
+    pool = pool.dropna(subset=["mean"])
+    if pool.empty:
+        return None
+    higher = bool(configs.higher_is_better.iloc[0])
+    return pool["mean"].idxmax() if higher else pool["mean"].idxmin()
+
+
 def winners(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
     """Per task: the best eligible configuration (every seed finished without diverging) and
     the configurations it cannot be told apart from (Holm-adjusted Welch p >= ALPHA over the
@@ -261,13 +273,12 @@ def winners(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
     scores = {key: runs.test.tolist() for key, runs in ok.groupby(KEY, sort=False)}
     rows = []
     for task, configs in table.groupby("task", sort=False):
-        eligible = configs[(configs.n > 0) & (configs.n == configs.runs)]
-        if eligible.empty:
+        index = best_index(configs)
+        if index is None:
             rows.append([task, None, math.nan, math.nan, math.nan, 0, [], "no configuration "
                          "finished all its seeds"])  # fmt: skip
             continue
-        higher = bool(configs.higher_is_better.iloc[0])
-        best = eligible.loc[eligible["mean"].idxmax() if higher else eligible["mean"].idxmin()]
+        best = configs.loc[index]
         best_key = tuple(best[k] for k in KEY)
         others = [r for r in configs.itertuples() if tuple(getattr(r, k) for k in KEY) != best_key]
         p = holm([welch_p(scores[best_key], scores.get(_tuple(r), [])) for r in others])
@@ -344,8 +355,7 @@ def representative_runs(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
     ok = final[(final.outcome == "ok") & final.test.notna()]
     rows = []
     for (task, attention), configs in table[table.n > 0].groupby(["task", "attention"], sort=False):
-        higher = bool(configs.higher_is_better.iloc[0])
-        best = configs.loc[configs["mean"].idxmax() if higher else configs["mean"].idxmin()]
+        best = configs.loc[best_index(configs, eligible_only=False)]
         runs = ok[ok.run_id.isin(best.run_ids)].sort_values("test", kind="stable")
         if runs.empty:
             continue
