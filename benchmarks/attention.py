@@ -12,7 +12,7 @@ once more in a fresh subprocess, and the figure is its peak resident memory abov
 process held just before (Linux's VmHWM, reset first), so it covers autograd's saved tensors
 and every temporary. Ratios are printed last: the additive module against the same module
 with the naive form, and the score kernel alone (scores and their gradients) against the
-naive kernel.
+naive kernel, and torch's tanh against its sigmoid (why the kernel goes through the sigmoid).
 
     .venv/bin/python benchmarks/attention.py                 # default sizes + L = 64, 256, 1024
     .venv/bin/python benchmarks/attention.py --no-memory --repeats 3
@@ -87,6 +87,20 @@ def kernel_times(batch: int, length: int, d_k: int, repeats: int) -> tuple[float
         for fn, spent in zip(fns, times, strict=True):
             started = time.perf_counter()
             fn().sum().backward()
+            spent.append(time.perf_counter() - started)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def tanh_vs_sigmoid(elements: int, repeats: int) -> tuple[float, float]:
+    """Median seconds of torch.tanh and torch.sigmoid over `elements` float32 values,
+    interleaved: the additive kernel computes tanh(x) as 2 sigmoid(2x) - 1 because of this."""
+    x = torch.randn(elements)
+    fns = [torch.tanh, torch.sigmoid]
+    times: list[list[float]] = [[], []]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times, strict=True):
+            started = time.perf_counter()
+            fn(x)
             spent.append(time.perf_counter() - started)
     return statistics.median(times[0]), statistics.median(times[1])
 
@@ -171,6 +185,10 @@ def main() -> None:
             ours, theirs = kernel_times(batch, length, d_k, 3 * args.repeats)
             print(f"  batch {batch}, L {length}: module {ratio:.2f}x; kernel {theirs / ours:.2f}x "
                   f"({1000 * ours:.1f} ms vs {1000 * theirs:.1f} ms)")  # fmt: skip
+    batch, length = default
+    tanh, sigmoid = tanh_vs_sigmoid(batch * length * length * d_k, 3 * args.repeats)
+    print(f"  element-wise over one (B,h,L,L,d) tensor at the defaults: tanh {1000 * tanh:.2f} ms, "
+          f"sigmoid {1000 * sigmoid:.2f} ms ({tanh / sigmoid:.1f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

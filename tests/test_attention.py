@@ -326,8 +326,8 @@ def _saved(fn: Callable[[], object]) -> list[int]:
 
 
 def test_additive_saves_at_most_the_keep_budget_for_backward() -> None:
-    """Small cases keep their tanh blocks (at most ADDITIVE_KEEP_BUDGET elements in all);
-    large ones save only O(B h L d) inputs: never the whole 5-D tanh tensor above the budget."""
+    """Small cases keep their blocks (at most ADDITIVE_KEEP_BUDGET elements in all);
+    large ones save only O(B h L d) inputs: never a whole 5-D tensor above the budget."""
     b, h, length, d = 2, 2, 24, 8
     full = b * h * length * length * d
     assert full <= ADDITIVE_KEEP_BUDGET
