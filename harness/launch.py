@@ -6,6 +6,17 @@ back (see harness.backends.local). Re-running a grid skips every cell (by `harne
 that already has a FINISHED run; runs left RUNNING by a killed launcher or worker are marked
 KILLED and their cells run again. With `tune_then_final`, a group's final cells are released
 as soon as its last tuning cell is done, at the learning rate `choose_lr` picks.
+
+When the store cannot be written the grid stops rather than fail every cell that follows:
+- a tracking server that stays unreachable past the deadline of harness.retry (a server
+  that comes back in time only delays the grid);
+- an artifact that cannot be written (the artifact root is not a writable folder, the disk
+  is full): the root is shared by every run, so the next cell would fail the same way. The
+  cell whose artifact failed ends FAILED with the error as `harness.error`.
+Either way the workers are stopped, the other running cells are marked KILLED (when the
+store can be reached), one line says what happened (`GridStopped`, exit 2 like an
+unreachable store at start: the user fixes the store, not the grid), and the same command
+resumes.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from typing import Any
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run, RunTag
+from mlflow.exceptions import MlflowException
 from rich.console import Console
 
 import harness
@@ -29,7 +41,9 @@ from harness.config import RunConfig
 from harness.errors import UserError
 from harness.grid import Group, TuneResult, choose_lr, final_cells, groups, tune_cells
 from harness.progress import GridProgress
+from harness.retry import RetryingClient, TrackingUnreachable, tracking_deadline
 from harness.spec import GridSpec
+from harness.store import is_http
 from harness.tracking import (
     MlflowRunLogger,
     environment_tags,
@@ -40,6 +54,19 @@ from harness.tracking import (
 from tasks import get_task
 
 PAGE = 1000
+
+
+class ArtifactWriteError(UserError):
+    """An artifact could not be written to the experiment's artifact root."""
+
+    def __init__(self, run_id: str, root: str, err: Exception) -> None:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        super().__init__(f"cannot write artifacts under {root} ({reason.splitlines()[0]})")
+        self.run_id = run_id
+
+
+class GridStopped(UserError):
+    """The grid stopped because the store cannot be written; the same command resumes it."""
 
 
 @dataclass
@@ -166,11 +193,13 @@ class Launcher:
         progress: bool,
         backend: str = "local",
         ray_address: str | None = None,
+        deadline: float | None = None,  # s a tracking server may stay away (harness.retry)
     ) -> None:
-        self.spec, self.client, self.console = spec, client, console
+        self.spec, self.console = spec, console
+        self.client = _patient(client, console, deadline)
         self.workers, self.accelerator, self.show_progress = workers, accelerator, progress
         self.backend, self.ray_address = backend, ray_address
-        self.exp_id = experiment_id(client, experiment)
+        self.exp_id = experiment_id(self.client, experiment)
         self.outcome = GridOutcome()
         self.groups = groups(spec)
         self.pending: list[tuple[RunConfig, Group]] = []
@@ -229,9 +258,16 @@ class Launcher:
             self.client.log_param(parent_id, "protocol", self.spec.protocol)
         self.client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in environment_tags().items()])
         spec_yaml = yaml.safe_dump(self.spec.model_dump(mode="json"), sort_keys=False)
-        self.client.log_text(parent_id, spec_yaml, "grid.yaml")
-        self.client.log_dict(parent_id, grid_plan(self.spec), "plan.json")
+        try:
+            self.client.log_text(parent_id, spec_yaml, "grid.yaml")
+            self.client.log_dict(parent_id, grid_plan(self.spec), "plan.json")
+        except (OSError, MlflowException) as err:  # before any cell: nothing else to stop
+            self.client.set_terminated(parent_id, "KILLED")
+            raise ArtifactWriteError(parent_id, self._artifact_root(), err) from None
         return parent_id
+
+    def _artifact_root(self) -> str:
+        return self.client.get_experiment(self.exp_id).artifact_location
 
     def _mark_stale(self, runs: list[Run]) -> None:
         """Runs left RUNNING by a launcher or worker that was killed will never end: mark them."""
@@ -256,10 +292,15 @@ class Launcher:
                     for event in pool.poll(timeout=0.5):
                         self._handle(event)
                     bar.update(self.outcome.counts, running=len(self.in_flight))
+        except TrackingUnreachable as err:  # nothing can be marked: the next launch does it
+            raise GridStopped(_stopped(err, pool.shutdown(kill=True))) from None
+        except ArtifactWriteError as err:
+            running = pool.shutdown(kill=True)
+            self._fail(err.run_id, str(err))
+            self._interrupted([job for job in running if job.run_id != err.run_id])
+            raise GridStopped(_stopped(err, running, failed=err.run_id)) from None
         except BaseException:
-            for job in pool.shutdown(kill=True):
-                self.client.set_terminated(job.run_id, "KILLED")
-            self.client.set_terminated(self.parent_id, "KILLED")
+            self._interrupted(pool.shutdown(kill=True))
             raise
         pool.shutdown()
         self.client.set_terminated(self.parent_id, "FINISHED")
@@ -276,10 +317,25 @@ class Launcher:
         self.outcome.launcher_seconds[logger.run_id] += time.perf_counter() - started
         return Job(cfg.to_dict(), logger.run_id)
 
+    def _interrupted(self, jobs: list[Job]) -> None:
+        for job in jobs:
+            self.client.set_terminated(job.run_id, "KILLED")
+        self.client.set_terminated(self.parent_id, "KILLED")
+
+    def _fail(self, run_id: str, error: str) -> None:
+        tags = {"harness.outcome": "failed", "harness.error": error}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        self.client.set_terminated(run_id, "FAILED")
+
     def _handle(self, event: tuple[str, str, Any] | Done | Lost) -> None:
         if isinstance(event, tuple):
             started = time.perf_counter()
-            apply_op(self.client, *event)
+            try:
+                apply_op(self.client, *event)
+            except (OSError, MlflowException) as err:
+                if event[0] != "artifact":
+                    raise
+                raise ArtifactWriteError(event[1], self._artifact_root(), err) from None
             self.outcome.launcher_seconds[event[1]] += time.perf_counter() - started
             return
         cfg, group = self.in_flight.pop(event.run_id)
@@ -295,6 +351,26 @@ class Launcher:
         self.outcome.counts[cfg.phase][outcome] += 1
         if cfg.phase == "tune":
             self._tuned(group, TuneResult(cfg.lr, cfg.seed, value if outcome == "ok" else None))
+
+
+def _patient(client: MlflowClient, console: Console, deadline: float | None) -> MlflowClient:
+    """A tracking server can go away and come back: its client retries, up to a deadline,
+    saying so on the console. A local store is used as it is."""
+    if not is_http(client.tracking_uri):
+        return client
+
+    def warn(line: str) -> None:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    deadline = tracking_deadline() if deadline is None else deadline
+    return RetryingClient(client, deadline, warn)  # type: ignore[return-value]
+
+
+def _stopped(err: Exception, running: list[Job], failed: str | None = None) -> str:
+    """One line: why the grid stopped, what it interrupted, how to go on."""
+    n = sum(job.run_id != failed for job in running)
+    cells = f"{n} running cell was" if n == 1 else f"{n} running cells were"
+    return f"{err}; {cells} interrupted; run the same command again to resume"
 
 
 # --------------------------------------------------------------------------- status

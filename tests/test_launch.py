@@ -1,13 +1,10 @@
-"""Real grids on the local backend: worker processes, one writer, resume, kill, failure."""
+"""Real grids on the local backend: worker processes, one writer, resume, failure.
+
+Process faults (SIGKILL, a tracking server that dies, divergence) are in tests/faults/."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -173,48 +170,3 @@ def test_dry_run_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "dry run" in out and not (tmp_path / "dry.db").exists()
     # tune: 2 kinds x (adam 5 rates + sgd 7 rates) x 1 tune seed; final: 4 groups x 3 seeds
     assert [line.split()[:2] for line in out.splitlines()[1:3]] == [["tune", "24"], ["final", "12"]]
-
-
-def test_launcher_killed_then_rerun_completes_without_duplicates(
-    tracking_uri: str, client: MlflowClient, tmp_path: Path
-) -> None:
-    path = _grid(
-        tmp_path,
-        "killed",
-        protocol="fixed",
-        attention=["dot", "scaled_dot", "multihead"],
-        optimizers=["adam", "rmsprop"],
-        seeds=[0],
-        budget={"steps": 150, "val_every": 50},
-    )
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(path), "--workers", "2",
-         "--tracking-uri", tracking_uri, "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        exp = client.get_experiment_by_name("killed")
-        runs = _children(client, "killed") if exp else []
-        if sum(r.info.status == "FINISHED" for r in runs) >= 2 and any(
-            r.info.status == "RUNNING" for r in runs
-        ):
-            break
-        time.sleep(0.2)
-    os.kill(launcher.pid, signal.SIGKILL)
-    launcher.wait(timeout=30)
-    before = {r.info.run_id: r.info.status for r in _children(client, "killed")}
-    finished_before = {rid for rid, status in before.items() if status == "FINISHED"}
-    running_before = {rid for rid, status in before.items() if status == "RUNNING"}
-    assert finished_before and running_before and len(before) < 6
-
-    assert _run(path, tracking_uri, "--workers", "2") == 0
-    runs = {r.info.run_id: r for r in _children(client, "killed")}
-    finished = [r for r in runs.values() if r.info.status == "FINISHED"]
-    assert len(finished) == 6  # one FINISHED run per cell
-    assert len({r.data.tags["harness.cell_id"] for r in finished}) == 6
-    assert finished_before <= {r.info.run_id for r in finished}  # untouched, same ids
-    assert all(runs[rid].info.status == "KILLED" for rid in running_before)
-    for run in finished:  # no points lost or doubled
-        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 150

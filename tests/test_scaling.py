@@ -4,7 +4,6 @@ instance, `harness ui`, and the errors a user meets when the pieces do not fit."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
+from mlflow_server import MlflowServer, free_port, wait_for_http
 
 from harness.cli import main
 
@@ -35,36 +35,6 @@ GRID = {
     "train": {"batch_size": 32},
     "budget": {"steps": 40, "val_every": 20},
 }
-STARTUP = 90  # seconds a server may take to answer (MLflow migrates a new store first)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_http(url: str, process: subprocess.Popen, timeout: float = STARTUP) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"server exited with {process.returncode}"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def rest(base: str, path: str, body: dict | None = None) -> dict:
@@ -89,51 +59,6 @@ def children(client: MlflowClient, experiment: str) -> list[Run]:
     return [r for r in runs if "harness.cell_id" in r.data.tags]
 
 
-# --------------------------------------------------------------------------- Ray, killed mid-grid
-# First in the file, before this module starts its own Ray instance below: the killed launcher
-# starts (and, through Ray's reaper, takes down) a Ray instance of its own.
-
-
-def test_a_ray_grid_killed_mid_way_reruns_without_duplicates(
-    tracking_uri: str, client: MlflowClient, tmp_path: Path
-) -> None:
-    path = write_grid(tmp_path, "killed")
-    spec = yaml.safe_load(path.read_text())
-    spec["seeds"] = [0, 1, 2, 3]  # 8 cells: enough to still be running when killed
-    path.write_text(yaml.safe_dump(spec))
-    command = [sys.executable, "-m", "harness", "run", str(path), "--backend", "ray",
-               "--workers", "2", "--tracking-uri", tracking_uri, "--no-progress"]  # fmt: skip
-    launcher = subprocess.Popen(command, cwd=tmp_path, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        finished = [r for r in _all(client, "killed") if r.info.status == "FINISHED"]
-        if len(finished) >= 2:
-            break
-        assert launcher.poll() is None, "the launcher ended before it was killed"
-        time.sleep(0.5)
-    os.killpg(launcher.pid, signal.SIGKILL)
-    launcher.wait()
-    before = {r.info.run_id: r.info.status for r in children(client, "killed")}
-    assert 2 <= sum(s == "FINISHED" for s in before.values()) < 8
-
-    assert main(["run", str(path), "--backend", "ray", "--workers", "2",
-                 "--tracking-uri", tracking_uri, "--no-progress"]) == 0  # fmt: skip
-    runs = children(client, "killed")
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    assert len(finished) == 8
-    assert len({r.data.tags["harness.cell_id"] for r in finished}) == 8  # no duplicates
-    for run_id, status in before.items():  # finished runs kept; interrupted ones KILLED
-        now = next(r for r in runs if r.info.run_id == run_id).info.status
-        assert now == ("FINISHED" if status == "FINISHED" else "KILLED")
-    for run in finished:
-        assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 40
-
-
-def _all(client: MlflowClient, experiment: str) -> list[Run]:
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else children(client, experiment)
-
-
 # --------------------------------------------------------------------------- shared fixtures
 
 
@@ -148,22 +73,12 @@ def local_ray() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def server(_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` on a free port of 127.0.0.1, SQLite store, served artifacts."""
-    folder = tmp_path_factory.mktemp("server")
-    db = folder / "server.db"
-    db.write_bytes(_template_store.read_bytes())
-    port = free_port()
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
-               "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]  # fmt: skip
-    env = os.environ | {"MLFLOW_LOGGING_LEVEL": "WARNING"}
-    process = subprocess.Popen(command, cwd=folder, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server = MlflowServer.over_copy(_template_store, tmp_path_factory.mktemp("server"))
     try:
-        wait_for_http(url + "/health", process)
-        yield url
+        server.start()
+        yield server.url
     finally:
-        stop(process)
+        server.stop()
 
 
 # --------------------------------------------------------------------------- tracking server

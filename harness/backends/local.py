@@ -186,7 +186,7 @@ class LocalPool:
         index = next(i for i, w in enumerate(self._workers) if w.job is None)
         try:
             self._workers[index].conn.send(job)
-        except OSError:  # it died while idle: start another in its place
+        except OSError:  # it died (while idle, or with its last job): start another in its place
             self._workers[index].process.join(timeout=5)
             self._workers[index] = self._start()
             self._workers[index].conn.send(job)
@@ -214,13 +214,12 @@ class LocalPool:
                 yield message
 
     def _replace(self, worker: _Worker) -> Lost:
-        """The worker died (killed, out of memory): report its job lost, start a new one."""
-        job = worker.job
+        """The worker died (killed, out of memory): report its job lost. Its slot is idle;
+        `submit` starts a new worker there when there is a job for it."""
+        job, worker.job = worker.job, None
         worker.process.join(timeout=5)
-        code = worker.process.exitcode
         worker.conn.close()
-        self._workers[self._workers.index(worker)] = self._start()
-        return Lost(job.run_id, f"worker process died (exit code {code})")
+        return Lost(job.run_id, f"worker process died (exit code {worker.process.exitcode})")
 
     def shutdown(self, kill: bool = False) -> list[Job]:
         """Stop every worker; returns the jobs that were still running."""
