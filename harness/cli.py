@@ -22,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        line = str(err).replace("\r", "\\r").replace("\n", "\\n")  # one line, always
+        print(f"error: {line}", file=sys.stderr)
         return 2
 
 
@@ -172,8 +173,10 @@ def _kv(params: dict[str, Any]) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.config import parse_set_options, resolve
+    from harness.spec import check_experiment_name
     from harness.store import check_tracking_uri, resolve_tracking_uri
 
+    check_experiment_name(args.experiment)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
     cfg = resolve(
@@ -208,24 +211,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from harness.grid import plan
-    from harness.spec import load_grid
+    from harness.spec import check_experiment_name, load_grid
 
     spec = load_grid(args.grid)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be >= 1")
     if args.ray_address and args.backend != "ray":
         raise UserError("--ray-address: only with --backend ray")
+    if args.experiment is not None:
+        check_experiment_name(args.experiment)
     workers = args.workers or os.cpu_count() or 1
+    from harness.launch import Launcher, check_cells
+    from harness.train import quiet_libraries
+
+    quiet_libraries()
     if args.dry_run:
+        check_cells(spec)  # every cell's data and model, as a real run checks them first
         _print_plan(spec, plan(spec), workers)
         return 0
     from mlflow import MlflowClient
 
-    from harness.launch import Launcher, check_cells
     from harness.store import check_tracking_uri, resolve_tracking_uri
-    from harness.train import quiet_libraries
 
-    quiet_libraries()
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
     if args.backend == "ray":
@@ -294,7 +301,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from harness.store import check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking_uri(uri)
+    check_tracking_uri(uri, existing=True)
     is_file = args.target.endswith((".yaml", ".yml")) or Path(args.target).is_file()
     spec = load_grid(args.target) if is_file else None
     status = grid_status(MlflowClient(uri), spec, spec.name if spec else args.target)
@@ -305,7 +312,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    from harness.report import FORMATS, build_report
+    from harness.report import FORMATS, build_report, check_out_folder
     from harness.report.collect import find_experiment
     from harness.report.progress import RichProgress
     from harness.store import check_tracking_uri, resolve_tracking_uri
@@ -315,20 +322,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     if unknown or not formats:
         raise UserError(f"--format {args.format!r}: choose from {', '.join(FORMATS)}")
     uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking_uri(uri)
+    check_tracking_uri(uri, existing=True)
     ui_url = args.ui_url or (uri if uri.startswith(("http://", "https://")) else None)
     out = args.out or Path("reports") / _safe_folder(args.experiment)
+    check_out_folder(out, "--out" if args.out else "report folder")
     client = MlflowClient(uri)
     find_experiment(client, args.experiment)  # a bad name ends here, before any output
-    with RichProgress(enabled=not args.no_progress) as progress:
-        made = build_report(
-            client,
-            args.experiment,
-            out,
-            formats,
-            ui_url=ui_url or "http://127.0.0.1:5000",
-            progress=progress,
-        )
+    try:
+        with RichProgress(enabled=not args.no_progress) as progress:
+            made = build_report(
+                client,
+                args.experiment,
+                out,
+                formats,
+                ui_url=ui_url or "http://127.0.0.1:5000",
+                progress=progress,
+            )
+    except KeyboardInterrupt:
+        print(f"interrupted: no report written; {out} is as it was", file=sys.stderr)
+        return 130
     for path in made.files:
         print(path)
     return 0

@@ -37,6 +37,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "log_every": 10,  # steps between lr / time / throughput points (train/loss: every step)
 }
 PHASES = ("tune", "final")
+MAX_SEED = 2**32 - 1  # the range every seeding library accepts (numpy's is the narrowest)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def resolve(
     steps = task_spec.default_steps if steps is None else steps
     _check_positive("lr", lr, float)
     _check_positive("steps", steps, int)
-    _check_int("seed", seed, minimum=0)
+    _check_int("seed", seed, minimum=0, maximum=MAX_SEED)
     _check_sections(sections)
     return RunConfig(
         task=task,
@@ -156,17 +157,23 @@ def parse_set_options(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def shown_key(key: Any) -> str:
+    """A key as a message shows it: as written, or quoted when it holds a line break or another
+    unprintable character (an error stays one line whatever the YAML's keys hold)."""
+    return key if isinstance(key, str) and key.isprintable() else repr(key)
+
+
 def _apply_override(sections: dict[str, dict[str, Any]], key: str, value: Any) -> None:
     prefix, _, name = key.partition(".")
     if prefix not in sections or not name:
         raise UserError(
-            f"{key}: unknown key (keys look like SECTION.NAME with SECTION one of: "
+            f"{shown_key(key)}: unknown key (keys look like SECTION.NAME with SECTION one of: "
             f"{', '.join(sections)})"
         )
     section = sections[prefix]
     if name not in section:
         choices = ", ".join(f"{prefix}.{k}" for k in sorted(section)) or "none"
-        raise UserError(f"{key}: unknown key (choose from: {choices})")
+        raise UserError(f"{shown_key(key)}: unknown key (choose from: {choices})")
     section[name] = _coerce(key, value, section[name])
 
 
@@ -187,9 +194,9 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
             return value
         raise UserError(f"{key}={value!r}: expected an integer")
     if isinstance(default, float):
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
-        raise UserError(f"{key}={value!r}: expected a number")
+        raise UserError(f"{key}={value!r}: expected a finite number")
     if isinstance(value, str):
         return value
     raise UserError(f"{key}={value!r}: expected a string")
@@ -230,6 +237,8 @@ def _check_positive(name: str, value: Any, kind: type) -> None:
         raise UserError(f"{name}={value!r}: must be {what} > 0")
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UserError(f"{name}={value!r}: must be an integer >= {minimum}")
+    if maximum is not None and value > maximum:
+        raise UserError(f"{name}={value!r}: must be an integer <= {maximum}")

@@ -39,7 +39,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from harness.config import resolve
+from harness.config import MAX_SEED, resolve, shown_key
 from harness.errors import UserError
 from harness.models.attention import ATTENTION
 from harness.optim import OPTIMIZERS, param_defaults
@@ -47,6 +47,10 @@ from tasks import TASKS
 
 # A safe path component: it names the MLflow experiment and the report folder.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
+NAME_RULE = (
+    "must be 1-64 characters of letters, digits, '_', '.', '-', not starting with '.' or '-' "
+    "(it names the MLflow experiment and the report folder)"
+)
 # PyYAML reads YAML 1.1, where `3e-3` (no dot) is a string; YAML 1.2 and users read a number.
 _EXPONENT_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
@@ -80,7 +84,7 @@ def _distinct(values: list[Any]) -> list[Any]:
 
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 PositiveFloat = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
-Seed = Annotated[StrictInt, Field(ge=0)]
+Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Params = Annotated[dict[str, Any], AfterValidator(_scalar_values)]
 SeedList = Annotated[list[Seed], Field(min_length=1), AfterValidator(_distinct)]
 LrGrid = Annotated[list[PositiveFloat], Field(min_length=1), AfterValidator(_distinct)]
@@ -190,11 +194,7 @@ class GridSpec(_Strict):
     @classmethod
     def _safe_name(cls, name: str) -> str:
         if not NAME_PATTERN.fullmatch(name):
-            raise PydanticCustomError(
-                "grid_name",
-                "must be 1-64 characters of letters, digits, '_', '.', '-', not starting with "
-                "'.' or '-' (it names the MLflow experiment and the report folder)",
-            )
+            raise PydanticCustomError("grid_name", NAME_RULE)
         return name
 
     def sweep_points(self) -> list[dict[str, Any]]:
@@ -204,6 +204,13 @@ class GridSpec(_Strict):
             dict(zip(keys, values, strict=True))
             for values in itertools.product(*self.sweep.values())
         ]
+
+
+def check_experiment_name(name: str, option: str = "--experiment") -> str:
+    """An experiment name given on the command line obeys the grid `name:` rule."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"{option} {name!r}: {NAME_RULE}")
+    return name
 
 
 # --------------------------------------------------------------------------- overrides
@@ -239,11 +246,11 @@ def combination_overrides(
 
     for section, path, params in sources:
         for name, value in params.items():
-            put(f"{section}.{name}", value, f"{path}.{name}")
+            put(f"{section}.{name}", value, f"{path}.{shown_key(name)}")
     if spec.budget.val_every is not None:
         put("train.val_every", spec.budget.val_every, "budget.val_every")
     for key, value in point.items():
-        put(key, value, f"sweep.{key}")
+        put(key, value, f"sweep.{shown_key(key)}")
     return out
 
 
@@ -258,7 +265,7 @@ def entry_steps(spec: GridSpec, task: int) -> int | None:
 
 def load_grid(path: str | Path) -> GridSpec:
     """Read and validate a grid file; any problem is one UserError line naming file and field."""
-    source = str(path)
+    source = shown_key(str(path))
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -357,7 +364,7 @@ def _field_path(loc: Sequence[Any], data: Any) -> str:
         elif isinstance(node, list):
             continue
         else:
-            path += f".{part}" if path else str(part)
+            path += f".{shown_key(part)}" if path else shown_key(part)
             node = node.get(part) if isinstance(node, dict) else None
     return path
 
@@ -406,8 +413,9 @@ def _locate(message: str, overrides: Mapping[str, Override], label: str) -> str:
         origin = overrides[key].origin
         shared = origin.startswith("sweep.") and key.startswith(("task.", "attention.", "optim."))
         where = f" (with {label})" if shared else ""
-        if message.startswith((f"{key}:", f"{key}=")):
-            return f"{origin}{message[len(key) :]}{where}"
+        shown = shown_key(key)
+        if message.startswith((f"{shown}:", f"{shown}=")):
+            return f"{origin}{message[len(shown) :]}{where}"
         if f" {key} " in message:
             return f"{origin}: {message}{where}"
     return f"{message} (with {label})"

@@ -24,15 +24,20 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT) -> None:
+def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT, existing: bool = False) -> None:
     """Fail early, with the address, on a store that cannot be opened: before any run exists,
     and for a tracking server within `timeout` seconds (MLflow's own client retries an
-    unreachable server for minutes)."""
+    unreachable server for minutes).
+
+    `existing`: the command only reads (report, status), so a SQLite file that is not there
+    is an error rather than a new, empty store left behind."""
     prefix = "sqlite:///"
     if uri.startswith(prefix):
-        folder = Path(uri[len(prefix) :]).parent
-        if not folder.is_dir():
-            raise UserError(f"tracking URI {uri}: folder {folder} does not exist")
+        path = Path(uri[len(prefix) :])
+        if not path.parent.is_dir():
+            raise UserError(f"tracking URI {uri}: folder {path.parent} does not exist")
+        if existing and not path.is_file():
+            raise UserError(f"tracking URI {uri}: no store at {path} (nothing was run with it)")
     elif is_http(uri):
         _check_server(uri, timeout)
 

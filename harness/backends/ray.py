@@ -25,6 +25,7 @@ from typing import Any
 
 from harness.backends.local import Done, Job, Lost, PipeSink, run_job
 from harness.errors import UserError
+from harness.retry import tracking_deadline
 from harness.store import is_http
 
 LOCAL = (None, "", "local")  # --ray-address values that mean "start Ray on this machine"
@@ -60,16 +61,23 @@ class _QueueConn:
 class CellWorker:
     """One Ray actor: trains the cells it is given, one at a time."""
 
-    def __init__(self, threads: int, accelerator: str, tracking_uri: str | None, queue: Any):
+    def __init__(
+        self, threads: int, accelerator: str, tracking_uri: str | None, queue: Any, deadline: float
+    ) -> None:
         import torch
         from mlflow import MlflowClient
 
+        from harness.retry import RetryingClient
         from harness.train import quiet_libraries
 
         torch.set_num_threads(threads)
         quiet_libraries()
         self.accelerator = accelerator
-        self.client = MlflowClient(tracking_uri) if tracking_uri else PipeSink(_QueueConn(queue))
+        if tracking_uri:  # a server that goes away: each call retried up to the deadline
+            warn = logging.getLogger(__name__).warning
+            self.client = RetryingClient(MlflowClient(tracking_uri), deadline, warn)
+        else:
+            self.client = PipeSink(_QueueConn(queue))
 
     def run(self, job: Job) -> Done:
         return run_job(self.client, job, self.accelerator)
@@ -88,22 +96,21 @@ class RayPool:
         self.started_ray = not ray.is_initialized()
         local = address in LOCAL  # Ray on this machine, not a cluster
         if self.started_ray:
-            ray.init(
-                address=None if local else address,
-                num_cpus=(workers or os.cpu_count()) if local else None,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                configure_logging=True,
-            )
+            init = dict(include_dashboard=False, log_to_driver=False,
+                        logging_level=logging.WARNING, configure_logging=True)  # fmt: skip
+            if local:
+                _init_loopback(ray, num_cpus=workers or os.cpu_count(), **init)
+            else:
+                ray.init(address=address, **init)
         workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         direct = is_http(tracking_uri)  # actors write to the server themselves
         self.queue = None if direct else Queue()
         threads = max(1, (os.cpu_count() or 1) // workers) if local else 1
         gpus = 1 if accelerator in ("gpu", "cuda") or _auto_gpu(ray, accelerator) else 0
         actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(CellWorker)
+        deadline = tracking_deadline()  # read here: actors on other nodes lack the variable
         self._new = lambda: actor.remote(
-            threads, accelerator, tracking_uri if direct else None, self.queue
+            threads, accelerator, tracking_uri if direct else None, self.queue, deadline
         )
         self._actors = [self._new() for _ in range(workers)]
         self._running: dict[Any, tuple[int, Job]] = {}  # future -> (actor index, job)
@@ -147,6 +154,27 @@ class RayPool:
         if self.started_ray:
             self.ray.shutdown()
         return running
+
+
+def _init_loopback(ray: Any, **kwargs: Any) -> None:
+    """Start Ray on this machine with every port it opens on 127.0.0.1.
+
+    Ray's servers (GCS, raylet, object manager, workers) listen on all interfaces unless the
+    node's IP is exactly 127.0.0.1, and on Linux `ray.init` turns `_node_ip_address="127.0.0.1"`
+    back into the machine's network address. Its local-only mode (the default on macOS and
+    Windows; `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` elsewhere) keeps 127.0.0.1. That variable
+    is read once, when Ray is imported, into `ray_constants.ENABLE_RAY_CLUSTER`, so the constant
+    is set here, for this call only (a later connection to a cluster is not affected).
+    tests/faults/test_security.py reads the listening sockets of every Ray process.
+    """
+    from ray._private import ray_constants
+
+    cluster = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(_node_ip_address="127.0.0.1", **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = cluster
 
 
 def _auto_gpu(ray: Any, accelerator: str) -> bool:

@@ -3,12 +3,15 @@
 `build_report` runs the four stages (collect, stats, figures, render) and writes
 `report.html`, `report.pdf` and `figures/` into the output folder. Everything is first written
 into a temporary folder beside it and moved into place at the end, so a report that fails
-half-way leaves nothing half-written, and an earlier report stays as it was.
+half-way leaves nothing half-written, and an earlier report stays as it was: the output folder
+holds either the whole earlier report or the whole new one. A folder that cannot be written
+(a file in the way, no permission, a full disk) is a UserError naming it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import tempfile
 import time
@@ -23,12 +26,14 @@ import pandas as pd
 from mlflow import MlflowClient
 
 import harness
+from harness.errors import UserError
 from harness.report import stats
 from harness.report.collect import Experiment, collect, download_artifact
 from harness.report.figures import FigureFile, draw_all, figure_count, metric_label
 from harness.report.render import render_html, write_pdf
 
 FORMATS = ("html", "pdf")
+REPORT_NAMES = ("report.html", "report.pdf", "figures")  # what a report puts in its folder
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,11 @@ def build_report(
     profile = stats.performance_profile(ratios, np.geomspace(1.0, top, 200))
     timings["stats"] = time.perf_counter() - started
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    except OSError as err:
+        raise UserError(_cannot_write(out, err)) from None
     try:
         started = time.perf_counter()
         with progress.stage("drawing figures", figure_count(exp, table)) as step:
@@ -96,19 +104,57 @@ def build_report(
                 write_pdf(html, work / "report.pdf")
             files.append("report.pdf")
             timings["pdf"] = time.perf_counter() - started
-        _replace(work, out, files)
+        _replace(work, out, ["figures", *files])
+    except OSError as err:
+        raise UserError(_cannot_write(out, err)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ReportFiles(out, [out / f for f in files] + [out / "figures"], timings)
 
 
-def _replace(work: Path, out: Path, files: list[str]) -> None:
-    """Move the finished report into `out`, replacing the files of an earlier report."""
+def check_out_folder(out: Path, what: str = "--out") -> None:
+    """Before any work: `out` is, or can be made, a folder this process can write in."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out}: exists and is not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())  # "." or "/" at the latest
+    if not existing.is_dir():
+        raise UserError(f"{what} {out}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out}: no permission to write in {existing}")
+
+
+def _cannot_write(out: Path, err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename else ""
+    return f"cannot write the report to {out}: {err.strerror or err}{where}"
+
+
+def _replace(work: Path, out: Path, names: list[str]) -> None:
+    """Move the finished report's `names` from `work` into `out`, all or nothing.
+
+    The earlier report's files (every name of REPORT_NAMES, so no stale PDF stays beside a new
+    HTML) are first moved aside into `work`; if any move fails or is interrupted, what was moved
+    is moved back, so `out` never holds a mix of the two reports. Renames within one file
+    system: each step is atomic.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out / "figures", ignore_errors=True)
-    (work / "figures").rename(out / "figures")
-    for name in files:
-        (work / name).replace(out / name)
+    previous = work / ".previous"
+    previous.mkdir()
+    moved: list[tuple[Path, Path]] = []  # (from, to), in order
+    try:
+        for name in REPORT_NAMES:
+            if (out / name).exists() or (out / name).is_symlink():
+                _move(out / name, previous / name, moved)
+        for name in names:
+            _move(work / name, out / name, moved)
+    except BaseException:
+        for source, target in reversed(moved):
+            target.rename(source)
+        raise
+
+
+def _move(source: Path, target: Path, moved: list[tuple[Path, Path]]) -> None:
+    source.rename(target)
+    moved.append((source, target))
 
 
 def _gallery(client: MlflowClient, exp: Experiment, table: pd.DataFrame, folder: Path) -> list:
@@ -170,7 +216,8 @@ def _context(
             {
                 "run_name": r.run_name,
                 "phase": r.phase,
-                "step": r.diverged_at,
+                # a float column (NaN where a run did not diverge): shown as an integer step
+                "step": None if pd.isna(r.diverged_at) else int(r.diverged_at),
                 "url": exp.run_url(r.run_id),
             }
             for r in runs[runs.current & (runs.outcome == "diverged")].itertuples()

@@ -169,7 +169,8 @@ def lr_sensitivity(exp: Experiment, task: str) -> Figure | None:
 def sweep_plot(table: pd.DataFrame, task: str, key: str) -> Figure | None:
     """Mean test metric (with its 95% CI) against one swept value, per attention kind, a panel
     per optimizer."""
-    rows = table[(table.task == task) & [key in v for v in table.sweep_values]]
+    swept = table.sweep_values.map(lambda point: key in point)  # pandas 3: no Series & list
+    rows = table[(table.task == task) & swept]
     rows = rows.dropna(subset=["mean"])
     if rows.empty:
         return None
