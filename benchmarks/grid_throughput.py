@@ -5,7 +5,10 @@ and local backend into a fresh temporary SQLite store per worker count, one afte
 in this run, so both figures come from the same machine at the same time. The fixed cost per
 cell is the launcher's own figure: everything a cell costs but its training steps (data,
 model, trainer, final evaluation, attention figure, creating and writing its run), median
-over the cells. Ratios are printed last.
+over the cells. It also prints how busy the cores were: the CPU seconds of the launcher
+(this process) and of its workers (reaped children) against wall time x cores. One worker
+already keeps both cores partly busy through its two torch threads, so the speed-up of two
+workers is bounded by how idle the cores were with one. Ratios are printed last.
 
     .venv/bin/python benchmarks/grid_throughput.py                 # the quick grid, 64 cells
     .venv/bin/python benchmarks/grid_throughput.py --tasks copy    # its 32 copy cells
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -27,14 +31,23 @@ from harness.spec import grid_from_dict, load_grid
 from harness.train import quiet_libraries
 
 
-def run(spec, workers: int, folder: Path) -> tuple[float, int, float]:
-    """(seconds, cells run, median fixed cost per cell) of the whole grid at `workers`."""
+def run(spec, workers: int, folder: Path) -> tuple[float, int, float, float, float]:
+    """(seconds, cells run, median fixed cost per cell, launcher CPU seconds, workers' CPU
+    seconds) of the whole grid at `workers`."""
     client = MlflowClient(f"sqlite:///{folder / f'workers{workers}.db'}")
     launcher = Launcher(spec, client, spec.name, workers, "cpu", Console(stderr=True), False)
     launcher.prepare()
-    outcome = launcher.run()
+    before = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
+    outcome = launcher.run()  # joins its workers: their CPU time is in RUSAGE_CHILDREN
+    own = cpu_seconds(resource.RUSAGE_SELF) - before[0]
+    children = cpu_seconds(resource.RUSAGE_CHILDREN) - before[1]
     cells = sum(sum(c.values()) for c in outcome.counts.values())
-    return outcome.seconds, cells, outcome.fixed_cost_per_cell or float("nan")
+    return outcome.seconds, cells, outcome.fixed_cost_per_cell or float("nan"), own, children
+
+
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -55,11 +68,13 @@ def main() -> None:
     try:
         results = {}
         for workers in args.workers:
-            seconds, cells, fixed = run(spec, workers, folder)
+            seconds, cells, fixed, own, children = run(spec, workers, folder)
             results[workers] = seconds, cells
+            busy = (own + children) / seconds
             print(f"{workers} worker(s): {cells} cells in {seconds:6.1f} s = "
-                  f"{60 * cells / seconds:5.1f} cells/min; fixed cost per cell {fixed:.2f} s",
-                  flush=True)  # fmt: skip
+                  f"{60 * cells / seconds:5.1f} cells/min; fixed cost per cell {fixed:.2f} s; "
+                  f"cores busy {busy:.2f} of {os.cpu_count()} (CPU s: launcher {own:.1f}, "
+                  f"workers {children:.1f})", flush=True)  # fmt: skip
     finally:
         os.chdir(here)
         shutil.rmtree(folder, ignore_errors=True)
