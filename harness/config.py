@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from harness.errors import UserError
-from harness.models.attention import ATTENTION
+from harness.models.attention import ATTENTION, check_attention
 from harness.optim import OPTIMIZERS, SCHEDULES, param_defaults
 from tasks import TaskInputError, get_task
 
@@ -28,7 +28,11 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "d_model": 64,
     "n_layers": 2,
     "d_ff": 256,
-    "d_k": 16,  # query/key width per head, independent of d_model
+    # Total query/key width of each attention layer, for every kind: per head d_k / n_heads
+    # (multihead, additive), and a d_k that n_heads does not divide is a UserError. For an
+    # explicit per-head width instead, set attention.d_head (multihead) or attention.d_attn
+    # (additive); the total is then n_heads times it. 64 = d_model, as in Vaswani et al.
+    "d_k": 64,
     "dropout": 0.0,
 }
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -127,6 +131,7 @@ def resolve(
     _check_positive("steps", steps, int)
     _check_int("seed", seed, minimum=0, maximum=MAX_SEED)
     _check_sections(sections)
+    _check_attention_widths(attention, sections["model"], sections["attention"])
     return RunConfig(
         task=task,
         attention=attention,
@@ -221,8 +226,20 @@ def _check_sections(sections: dict[str, dict[str, Any]]) -> None:
     _check_int("optim.warmup_steps", optim["warmup_steps"], minimum=0)
     if optim["grad_clip"] < 0:
         raise UserError(f"optim.grad_clip={optim['grad_clip']}: must be >= 0 (0 = off)")
-    if optim["weight_decay"] is not None and optim["weight_decay"] < 0:
+    if optim["weight_decay"] < 0:
         raise UserError(f"optim.weight_decay={optim['weight_decay']}: must be >= 0")
+
+
+def _check_attention_widths(attention: str, model: dict[str, Any], params: dict[str, Any]) -> None:
+    """The widths the attention module would reject (d_k vs n_heads, d_model vs n_heads)."""
+    try:
+        check_attention(attention, model["d_model"], model["d_k"], **params)
+    except ValueError as err:
+        shown = ", ".join(f"attention.{k}={v}" for k, v in params.items() if v is not None)
+        raise UserError(
+            f"attention {attention!r} with model.d_model={model['d_model']}, "
+            f"model.d_k={model['d_k']}{', ' + shown if shown else ''}: {err}"
+        ) from None
 
 
 def _check_choice(name: str, value: str, choices: Mapping[str, Any] | tuple[str, ...]) -> None:

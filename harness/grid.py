@@ -67,6 +67,7 @@ class TuneResult:
     lr: float
     seed: int
     value: float | None  # final validation metric; None when the run diverged or failed
+    loss: float | None = None  # final validation loss: breaks ties of `value`
 
 
 def groups(spec: GridSpec) -> list[Group]:
@@ -126,27 +127,40 @@ def plan(spec: GridSpec) -> Plan:
 
 
 def choose_lr(results: list[TuneResult], higher_is_better: bool) -> float | None:
-    """The rate with the best mean value over its seeds; None when there are no results.
+    """The rate with the best mean validation metric over its tune seeds; None without results.
 
-    A rate with any diverged or failed seed (value None, NaN or infinite) ranks below every rate
-    whose seeds all finished. Ties go to the rate seen first in `results` (the grid order). If
-    every rate has a diverged seed, the one with the fewest diverged seeds wins (then grid
-    order): the final phase still runs at it and records what happens.
+    Ties of the mean metric (common on saturating tasks and small validation sets) go to the
+    lower mean validation loss, then to the rate seen first in `results` (the grid order). A
+    rate with any diverged or failed seed (value None, NaN or infinite) ranks below every rate
+    whose seeds all finished. If every rate has a diverged seed, the one with the fewest
+    diverged seeds wins (then grid order): the final phase still runs at it and records what
+    happens.
     """
     values: dict[float, list[float]] = {}
+    losses: dict[float, list[float]] = {}
     diverged: dict[float, int] = {}
     for result in results:
         values.setdefault(result.lr, [])
+        losses.setdefault(result.lr, [])
         diverged.setdefault(result.lr, 0)
         if result.value is None or not math.isfinite(result.value):
             diverged[result.lr] += 1
         else:
             values[result.lr].append(result.value)
+            finite = result.loss is not None and math.isfinite(result.loss)
+            losses[result.lr].append(result.loss if finite else math.inf)
     finished = [lr for lr in values if diverged[lr] == 0]
     if not finished:
         return min(diverged, key=diverged.__getitem__, default=None)
     sign = 1.0 if higher_is_better else -1.0
-    return max(finished, key=lambda lr: sign * math.fsum(values[lr]) / len(values[lr]))
+    score = {lr: sign * _mean(values[lr]) for lr in finished}
+    best = max(score.values())
+    tied = [lr for lr in finished if math.isclose(score[lr], best, rel_tol=1e-12, abs_tol=1e-12)]
+    return min(tied, key=lambda lr: _mean(losses[lr]))  # min keeps the first of equal losses
+
+
+def _mean(values: list[float]) -> float:
+    return math.fsum(values) / len(values) if values else math.inf
 
 
 def _cell(group: Group, phase: str, lr: float, seed: int) -> RunConfig:

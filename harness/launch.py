@@ -125,7 +125,7 @@ def tune_result(cfg: RunConfig, run: Run) -> TuneResult:
     value = run.data.metrics.get(metric)
     if run.data.tags.get("harness.outcome") != "ok":
         value = None
-    return TuneResult(cfg.lr, cfg.seed, value)
+    return TuneResult(cfg.lr, cfg.seed, value, run.data.metrics.get("val/loss"))
 
 
 def grid_plan(spec: GridSpec) -> list[dict[str, Any]]:
@@ -350,7 +350,9 @@ class Launcher:
                 self.outcome.worker_overhead[event.run_id] = event.seconds - event.fit_seconds
         self.outcome.counts[cfg.phase][outcome] += 1
         if cfg.phase == "tune":
-            self._tuned(group, TuneResult(cfg.lr, cfg.seed, value if outcome == "ok" else None))
+            ok = outcome == "ok"
+            loss = event.metrics.get("val/loss") if ok else None
+            self._tuned(group, TuneResult(cfg.lr, cfg.seed, value if ok else None, loss))
 
 
 def _patient(client: MlflowClient, console: Console, deadline: float | None) -> MlflowClient:

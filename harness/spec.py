@@ -1,6 +1,7 @@
 """The grid spec: the YAML file a user writes to launch a grid, validated into a `GridSpec`.
 
     name: quick                     # MLflow experiment and report folder
+    description: Does X beat Y here? # optional: the question, shown in the report's summary
     protocol: tune_then_final       # or fixed (one run per seed at each optimizer's `lr`)
     tasks: [copy, {name: char_lm, params: {seq_len: 32}, steps: 300}]
     attention: [dot, {name: multihead, params: {n_heads: 2}}]
@@ -180,6 +181,9 @@ class Budget(_Strict):
 
 class GridSpec(_Strict):
     name: str
+    # What the grid asks, in a sentence or two (a hypothesis and its source): the report shows
+    # it above the findings, so a reader can hold one against the other.
+    description: str = ""
     protocol: Literal["tune_then_final", "fixed"] = "tune_then_final"
     tasks: Annotated[list[TaskEntry], Field(min_length=1)]
     attention: Annotated[list[AttentionEntry], Field(min_length=1)]
@@ -196,6 +200,19 @@ class GridSpec(_Strict):
         if not NAME_PATTERN.fullmatch(name):
             raise PydanticCustomError("grid_name", NAME_RULE)
         return name
+
+    @model_validator(mode="after")
+    def _disjoint_seeds(self) -> GridSpec:
+        """A rate picked on a seed that is then compared would pick with the answer in hand."""
+        if self.protocol == "tune_then_final":
+            shared = sorted(set(self.seeds.tune) & set(self.seeds.final))
+            if shared:
+                raise PydanticCustomError(
+                    "seed_overlap",
+                    "seeds.tune and seeds.final must be disjoint (the learning rate is chosen "
+                    f"on the tune seeds); both have {', '.join(map(str, shared))}",
+                )
+        return self
 
     def sweep_points(self) -> list[dict[str, Any]]:
         """The cartesian product of the sweep axes in the order given; [{}] without a sweep."""

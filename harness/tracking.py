@@ -8,6 +8,7 @@
   `lr`, `time/step_ms` and `throughput/tokens_per_s` every `log_every` steps. It keeps the
   loss tensors on the device and reads them back once per window, so there is no host sync
   per step; the same read-back is where a non-finite loss is noticed and the run stopped.
+  `time/step_ms` counts training only: each window's clock skips the validations in it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from pytorch_lightning.loggers.logger import Logger
+from pytorch_lightning.trainer.states import TrainerFn
 
 import harness
 from harness.config import RunConfig
@@ -215,8 +217,10 @@ class StepMetrics(pl.Callback):
         self._paused = time.perf_counter()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Validation time is not training time: move the window's start past it.
-        if trainer.training:
+        # Validation time (and the attention diagnostics computed in it) is not training time:
+        # move the window's start past it. Inside fit's validation loop `trainer.training` is
+        # False (the stage is VALIDATING); the function is still FITTING.
+        if trainer.state.fn == TrainerFn.FITTING:
             self._window_start += time.perf_counter() - self._paused
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

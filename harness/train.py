@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from harness.config import RunConfig
 from harness.errors import UserError
 from harness.models.lightning_module import AttentionTaskModule, Batch
+from harness.models.transformer import n_params
 from harness.probe import attention_figure, attention_maps
 from harness.progress import StepProgress
 from harness.tracking import (
@@ -33,6 +34,8 @@ from harness.tracking import (
 from tasks import Split, Task, TaskData, TaskInputError, get_task
 
 EVAL_BATCH_SIZE = 500
+DIAGNOSTIC_BATCH_SIZE = 64  # the fixed validation batch of the attention diagnostics
+TEST_OUTCOMES = "test_outcomes.json"  # per-example test outcomes (artifact)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,11 @@ class RunResult:
     data_info: dict[str, float | int | str]
     seconds: float  # the whole run: data, model, tracking, training, evaluation
     fit_seconds: float  # training steps (and the validations among them) only
+
+
+def split_sizes(data: TaskData) -> dict[str, int]:
+    """Examples (rows of Split.x) in each split, logged as data.n_train/n_val/n_test."""
+    return {"n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test)}
 
 
 def prepare(cfg: RunConfig) -> tuple[Task, TaskData, AttentionTaskModule]:
@@ -106,11 +114,14 @@ def run_cell(
         trainer = _trainer(cfg, accelerator, callbacks)
         trainer.loggers = [logger]
         device = trainer.strategy.root_device
-        logger.log_params({f"data.{k}": str(v) for k, v in data.info.items()})
+        data_info = data.info | split_sizes(data)
+        logger.log_params({f"data.{k}": str(v) for k, v in data_info.items()})
+        logger.log_params({"model.n_params": str(n_params(module.model))})
         logger.set_tags({"harness.accelerator": device.type})
         outcome, fit_seconds = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
         logger.client.log_dict(logger.run_id, cfg.to_dict(), "config.json")
         if outcome == "ok":
+            logger.client.log_dict(logger.run_id, module.test_outcomes, TEST_OUTCOMES)
             _log_attention_figure(logger, module, data, cfg)
         logger.finish("FINISHED", outcome)
     except (KeyboardInterrupt, SystemExit):
@@ -121,7 +132,7 @@ def run_cell(
         raise
     seconds = time.perf_counter() - started
     return RunResult(
-        logger.run_id, outcome, dict(module.eval_metrics), data.info, seconds, fit_seconds
+        logger.run_id, outcome, dict(module.eval_metrics), data_info, seconds, fit_seconds
     )
 
 
@@ -135,7 +146,9 @@ def _fit_and_test(
 ) -> tuple[str, float]:
     """Train, validate at the end, test; returns the outcome and the seconds `fit` took."""
     train = RandomBatches(_to_device(data.train, device), cfg.train["batch_size"], cfg.seed)
-    val = EvalBatches(_to_device(data.val, device))
+    val_split = _to_device(data.val, device)
+    val = EvalBatches(val_split)
+    module.diagnostic_batch = _batch(val_split, slice(0, DIAGNOSTIC_BATCH_SIZE))
     started = time.perf_counter()
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     fit_seconds = time.perf_counter() - started

@@ -46,6 +46,19 @@ class Split:
         return self.x.shape[0]
 
 
+def scored_targets(split: Split) -> torch.Tensor:
+    """Targets at scored positions (all of them for classification), flattened."""
+    return split.y if split.score_mask is None else split.y[split.score_mask]
+
+
+def majority_accuracy(train: Split, test: Split) -> float:
+    """Chance level of an accuracy task: test accuracy of always answering the most frequent
+    training target at scored positions (the most common class for classification; ties go
+    to the smallest id). It is the best predictor that ignores the input."""
+    majority = torch.bincount(scored_targets(train)).argmax()  # first of equal counts
+    return (scored_targets(test) == majority).double().mean().item()
+
+
 @dataclass(frozen=True)
 class TaskData:
     train: Split
@@ -53,8 +66,9 @@ class TaskData:
     test: Split
     vocab_size: int  # number of input token ids (embedding rows)
     n_outputs: int  # classes, or output vocabulary for per-token tasks
-    # Facts about the data worth recording with the run (logged as `data.<key>`),
-    # e.g. the corpus's unigram entropy in bits per character for char_lm.
+    # Facts about the data worth recording with the run (logged as `data.<key>`). Every task
+    # gives `chance`: the test-split score, on the task's metric, of the best input-blind
+    # predictor fitted on the training split (`majority_accuracy`, or char_lm's unigram bpc).
     info: dict[str, float | int | str] = field(default_factory=dict)
     # Optional readable token names, for labelling attention maps.
     itos: list[str] | None = None

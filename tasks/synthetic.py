@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from tasks.base import Split, Task, TaskData, TaskInputError
+from tasks.base import Split, Task, TaskData, TaskInputError, majority_accuracy
 
 N_VAL = 1000
 N_TEST = 1000
@@ -53,15 +53,21 @@ def random_subsets(n: int, size: int, k: int, gen: torch.Generator) -> torch.Ten
 Sampler = Callable[[int, torch.Generator], Split]
 
 
-def make_splits(
-    sample: Sampler, params: Mapping[str, Any], seed: int
-) -> tuple[Split, Split, Split]:
-    """Apply `sample(n, gen) -> Split` to the train stream (run seed) and the fixed streams."""
+def make_data(
+    sample: Sampler, params: Mapping[str, Any], seed: int, n_outputs: int, itos: list[str]
+) -> TaskData:
+    """`sample(n, gen) -> Split` applied to the train stream (run seed) and the fixed streams."""
     n_train = check_int(params, "n_train", 1)
-    return (
-        sample(n_train, generator("train", seed)),
-        sample(N_VAL, generator("val", 0)),
-        sample(N_TEST, generator("test", 0)),
+    train = sample(n_train, generator("train", seed))
+    test = sample(N_TEST, generator("test", 0))
+    return TaskData(
+        train=train,
+        val=sample(N_VAL, generator("val", 0)),
+        test=test,
+        vocab_size=len(itos),
+        n_outputs=n_outputs,
+        info={"chance": majority_accuracy(train, test)},
+        itos=itos,
     )
 
 
@@ -95,11 +101,7 @@ def build_sequence_task(
         data = torch.randint(vocab, (n, length), generator=gen)
         return slot_split(data, transform(data), sep, query)
 
-    train, val, test = make_splits(sample, params, seed)
-    return TaskData(
-        train, val, test, vocab_size=vocab + 2, n_outputs=vocab,
-        itos=symbol_names(vocab, "SEP", "Q"),
-    )  # fmt: skip
+    return make_data(sample, params, seed, vocab, symbol_names(vocab, "SEP", "Q"))
 
 
 def build_copy(params: Mapping[str, Any], seed: int) -> TaskData:
@@ -129,11 +131,7 @@ def build_selective_copy(params: Mapping[str, Any], seed: int) -> TaskData:
         region = torch.full((n, length), noise).scatter(1, positions, data)
         return slot_split(region, data, sep, query)
 
-    train, val, test = make_splits(sample, params, seed)
-    return TaskData(
-        train, val, test, vocab_size=vocab + 3, n_outputs=vocab,
-        itos=symbol_names(vocab, "NOISE", "SEP", "Q"),
-    )  # fmt: skip
+    return make_data(sample, params, seed, vocab, symbol_names(vocab, "NOISE", "SEP", "Q"))
 
 
 # ---- multi-query associative recall (Zoology's MQAR), causal ----
@@ -168,10 +166,8 @@ def build_assoc_recall(params: Mapping[str, Any], seed: int) -> TaskData:
         score_mask[:, query_positions] = True
         return Split(x=x, y=y, score_mask=score_mask)
 
-    train, val, test = make_splits(sample, params, seed)
-    vocab = n_keys + n_values
     itos = [f"k{i}" for i in range(n_keys)] + [f"v{i}" for i in range(n_values)]
-    return TaskData(train, val, test, vocab_size=vocab, n_outputs=vocab, itos=itos)
+    return make_data(sample, params, seed, n_keys + n_values, itos)
 
 
 SYNTHETIC_TASKS: tuple[Task, ...] = (

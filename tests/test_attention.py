@@ -18,6 +18,9 @@ from harness.models.attention import (
     additive_scores,
     additive_scores_naive,
     build_attention,
+    check_attention,
+    logit_stats,
+    masked_softmax,
 )
 
 B, L, D_MODEL, D_K = 3, 9, 16, 8
@@ -49,15 +52,12 @@ def inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_registry_params_match_constructor_defaults() -> None:
-    assert set(ATTENTION) == {"dot", "scaled_dot", "additive", "multihead"}
     for name, spec in ATTENTION.items():
         assert spec.name == name
         assert spec.description and "\n" not in spec.description
         sig = inspect.signature(spec.cls.__init__).parameters
         ctor = {k: p.default for k, p in sig.items() if k not in ("self", "d_model", "d_k")}
         assert ctor == spec.params, name
-    assert ATTENTION["multihead"].params == {"n_heads": 4}
-    assert ATTENTION["additive"].params == {"d_attn": None, "n_heads": 1, "chunk_size": 0}
 
 
 def test_build_overlays_params() -> None:
@@ -68,8 +68,9 @@ def test_build_overlays_params() -> None:
 
 
 def test_unknown_kind_and_param_errors() -> None:
-    with pytest.raises(ValueError, match=r"'nope'.*dot, scaled_dot, additive, multihead"):
+    with pytest.raises(ValueError, match=r"'nope'") as err:
         build_attention("nope", D_MODEL, D_K)
+    assert all(name in str(err.value) for name in ATTENTION)  # the choices are listed
     with pytest.raises(ValueError, match=r"'n_heads'.*'dot'.*\(none\)"):
         build_attention("dot", D_MODEL, D_K, n_heads=2)
     with pytest.raises(ValueError, match=r"'heads'.*valid: n_heads"):
@@ -80,6 +81,109 @@ def test_unknown_kind_and_param_errors() -> None:
 def test_d_model_not_divisible_by_heads(kind: str) -> None:
     with pytest.raises(ValueError, match="not divisible by n_heads=3"):
         build_attention(kind, 16, D_K, n_heads=3)
+
+
+# --------------------------------------------------------------------------- widths
+
+
+@pytest.mark.parametrize("d_k", [8, 24, 64])
+def test_equal_d_k_gives_equal_total_query_key_width(d_k: int) -> None:
+    """model.d_k is the total query/key width for every kind, whatever its number of heads."""
+    widths = {}
+    for kind, params in [(kind, {}) for kind in ATTENTION] + [
+        ("multihead", {"n_heads": 2}),
+        ("additive", {"n_heads": 4}),
+    ]:
+        m = build_attention(kind, 32, d_k, **params)
+        assert m.q_proj.out_features == m.k_proj.out_features == m.d_k, kind
+        assert m.d_head * m.n_heads == m.d_k, kind
+        widths[(kind, m.n_heads)] = m.d_k
+    assert set(widths.values()) == {d_k}, widths
+    assert build_attention("multihead", 32, d_k, n_heads=4).d_head == d_k // 4
+    additive = build_attention("additive", 32, d_k, n_heads=4)
+    assert additive.v_a.shape == (4, d_k // 4) and additive.d_attn == d_k // 4
+
+
+@pytest.mark.parametrize(("kind", "param"), [("multihead", "d_head"), ("additive", "d_attn")])
+def test_explicit_per_head_width(kind: str, param: str) -> None:
+    m = build_attention(kind, 32, 10, n_heads=4, **{param: 6})  # 10 % 4 != 0, but d_k is unused
+    assert (m.d_head, m.d_k, m.q_proj.out_features) == (6, 24, 24)
+
+
+@pytest.mark.parametrize("kind", ["multihead", "additive"])
+def test_d_k_not_divisible_by_heads_is_rejected(kind: str) -> None:
+    with pytest.raises(ValueError, match=r"d_k=10 is not divisible by n_heads=4"):
+        build_attention(kind, 32, 10, n_heads=4)
+    with pytest.raises(ValueError, match=r"d_k=10 is not divisible by n_heads=4"):
+        check_attention(kind, 32, 10, n_heads=4)
+    check_attention(kind, 32, 12, n_heads=4)  # divisible: no error
+
+
+@pytest.mark.parametrize("n_heads", [1, 2, 4])
+def test_multihead_scales_by_sqrt_of_per_head_width(n_heads: int) -> None:
+    m = make("multihead", {"n_heads": n_heads}, d_k=16)
+    x, _ = inputs()
+    scores, allowed = m.logits(x)
+    assert allowed is None
+    d_head = 16 // n_heads
+    q = m.q_proj(x).view(B, L, n_heads, d_head).transpose(1, 2)
+    k = m.k_proj(x).view(B, L, n_heads, d_head).transpose(1, 2)
+    torch.testing.assert_close(scores, q @ k.transpose(-2, -1) / math.sqrt(d_head))
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("kind", "params"), CONFIGS, ids=IDS)
+def test_logits_are_what_the_softmax_sees(kind: str, params: dict, causal: bool) -> None:
+    """Every kind (multihead's fused path too) gives the scores whose masked softmax is the
+    attention the forward pass uses."""
+    m = make(kind, params)
+    x, pad = inputs()
+    scores, allowed = m.logits(x, key_padding_mask=pad, causal=causal)
+    _, w = m(x, key_padding_mask=pad, causal=causal, need_weights=True)
+    assert scores.shape == (B, m.n_heads, L, L)
+    torch.testing.assert_close(masked_softmax(scores, allowed), w, atol=1e-6, rtol=1e-5)
+
+
+def test_entropy_of_constant_scores_is_log_of_allowed_keys() -> None:
+    scores = torch.full((2, 3, L, L), 1.7)
+    std, ent = logit_stats(scores, None)
+    assert std == pytest.approx(0.0, abs=1e-6)
+    assert ent == pytest.approx(math.log(L), rel=1e-6)
+    # Causal: row i has i + 1 allowed keys; the mean over rows of ln(i + 1).
+    tril = torch.ones(L, L, dtype=torch.bool).tril()
+    _, ent_causal = logit_stats(scores, tril)
+    assert ent_causal == pytest.approx(sum(math.log(i + 1) for i in range(L)) / L, rel=1e-6)
+
+
+def test_logit_stats_per_head_over_allowed_pairs() -> None:
+    """Against a direct loop: std per head over allowed pairs of real queries, entropy per head
+    over rows, then the mean over heads; a masked-out score never counts, however large."""
+    g = torch.Generator().manual_seed(0)
+    h = 3
+    scores = torch.randn(B, h, L, L, generator=g) * torch.tensor([0.5, 2.0, 5.0])[:, None, None]
+    _, pad = inputs()
+    allowed = (~pad)[:, None, None, :] & torch.ones(L, L, dtype=torch.bool).tril()
+    scores_junk = scores.masked_fill(~allowed, 1e6)
+    stds, ents = [], []
+    for head in range(h):
+        vals, rows = [], []
+        for b in range(B):
+            for i in range(L):
+                keys = allowed[b, 0, i]
+                if pad[b, i] or not keys.any():
+                    continue
+                row = scores[b, head, i][keys]
+                vals.append(row)
+                p = row.softmax(-1)
+                rows.append(-(p * p.log()).sum())
+        stds.append(torch.cat(vals).std(correction=0))
+        ents.append(torch.stack(rows).mean())
+    std, ent = logit_stats(scores_junk, allowed, query_mask=~pad)
+    assert std == pytest.approx(torch.stack(stds).mean().item(), rel=1e-5)
+    assert ent == pytest.approx(torch.stack(ents).mean().item(), rel=1e-5)
 
 
 def test_negative_chunk_size_rejected() -> None:

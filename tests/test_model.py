@@ -7,7 +7,10 @@ import math
 import pytest
 import torch
 
-from harness.models.transformer import AttentionModel, sinusoidal_positions
+from harness.config import resolve
+from harness.errors import UserError
+from harness.models.attention import logit_stats
+from harness.models.transformer import AttentionModel, n_params, sinusoidal_positions
 
 
 def test_sinusoidal_positions_follow_the_formula() -> None:
@@ -19,21 +22,30 @@ def test_sinusoidal_positions_follow_the_formula() -> None:
             assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-5)
 
 
-def _model(head: str, causal: bool = False, attention: str = "multihead") -> AttentionModel:
-    torch.manual_seed(0)
+def _model(
+    head: str,
+    causal: bool = False,
+    attention: str = "multihead",
+    d_k: int = 8,
+    dropout: float = 0.0,
+    seed: int = 0,
+    d_model: int = 32,
+    max_len: int = 10,
+) -> AttentionModel:
+    torch.manual_seed(seed)
     return AttentionModel(
         vocab_size=12,
         n_outputs=5,
-        max_len=10,
+        max_len=max_len,
         head=head,
         causal=causal,
         attention=attention,
         attention_params={},
-        d_model=32,
+        d_model=d_model,
         n_layers=2,
         d_ff=64,
-        d_k=8,
-        dropout=0.0,
+        d_k=d_k,
+        dropout=dropout,
     )
 
 
@@ -72,3 +84,79 @@ def test_causal_model_does_not_see_the_future() -> None:
     again, _ = model(changed)
     assert torch.allclose(logits.view(2, 10, 5)[:, :5], again.view(2, 10, 5)[:, :5], atol=1e-5)
     assert not torch.allclose(logits.view(2, 10, 5)[:, 5:], again.view(2, 10, 5)[:, 5:])
+
+
+# --------------------------------------------------------------------------- widths, size
+
+
+def test_n_params_counts_trainable_parameters() -> None:
+    model = _model("token", attention="additive")
+    total = sum(p.numel() for p in model.parameters())
+    assert n_params(model) == total
+    model.embed.weight.requires_grad_(False)
+    assert n_params(model) == total - 12 * 32
+    # Equal d_k, equal width: the dot-product kinds have the same number of parameters.
+    sizes = {
+        kind: n_params(_model("token", attention=kind, d_k=16))
+        for kind in ("dot", "scaled_dot", "multihead")
+    }
+    assert len(set(sizes.values())) == 1, sizes
+    assert n_params(_model("token", attention="dot", d_k=32)) > sizes["dot"]
+
+
+def test_resolve_rejects_d_k_not_divisible_by_heads() -> None:
+    with pytest.raises(UserError, match=r"model\.d_k=30.*attention\.n_heads=4.*not divisible"):
+        resolve("copy", "multihead", "adam", overrides={"model.d_k": 30})
+    with pytest.raises(UserError, match=r"model\.d_k=30.*attention\.n_heads=4"):
+        resolve("copy", "additive", "adam", overrides={"model.d_k": 30, "attention.n_heads": 4})
+    assert resolve("copy", "dot", "adam", overrides={"model.d_k": 30}).model["d_k"] == 30
+    cfg = resolve("copy", "multihead", "adam", overrides={"model.d_k": 30, "attention.d_head": 8})
+    assert cfg.attention_params["d_head"] == 8
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_attention_stats_follow_each_blocks_input() -> None:
+    model = _model("classification", attention="additive", dropout=0.5)
+    model.train()
+    x = torch.randint(2, 12, (4, 10))
+    padding = torch.zeros(4, 10, dtype=torch.bool)
+    padding[1, 6:] = True
+    stats = model.attention_stats(x, padding)
+    assert model.training  # the training flag is restored
+    assert stats == model.attention_stats(x, padding)  # no dropout: the same twice
+    assert len(stats) == 2 and all(math.isfinite(a) and math.isfinite(b) for a, b in stats)
+    # By hand: block 1 scores its own input, LN(output of block 0), in eval mode.
+    model.eval()
+    with torch.no_grad():
+        h = model.embed(x) + model.pos[:10]
+        expected = []
+        for block in model.blocks:
+            scores, allowed = block.attn.logits(block.ln1(h), padding)
+            expected.append(logit_stats(scores, allowed, ~padding))
+            h, _ = block(h, padding, False, False)
+    flat = [v for pair in stats for v in pair]
+    assert flat == pytest.approx([v for pair in expected for v in pair], rel=1e-6)
+    assert stats[0][0] != pytest.approx(stats[1][0], rel=1e-3)  # layers differ
+
+
+def _init_logit_std(attention: str, d_k: int) -> float:
+    """Layer-0 logit std at init, averaged over 3 models, d_model fixed at 32."""
+    x = torch.randint(0, 12, (64, 16), generator=torch.Generator().manual_seed(0))
+    stds = [
+        _model("token", attention=attention, d_k=d_k, seed=s, max_len=16).attention_stats(x)[0][0]
+        for s in range(3)
+    ]
+    return sum(stds) / len(stds)
+
+
+def test_attn_logit_std_at_init_grows_as_sqrt_d_k_for_dot_and_stays_flat_for_scaled_dot() -> None:
+    """Vaswani et al. 2017, footnote 4: q.k has variance d_k for unit-variance components."""
+    dot = {d_k: _init_logit_std("dot", d_k) for d_k in (16, 64, 256)}
+    scaled = {d_k: _init_logit_std("scaled_dot", d_k) for d_k in (16, 64, 256)}
+    assert 3.0 < dot[256] / dot[16] < 5.5, dot  # sqrt(256 / 16) = 4
+    assert 1.4 < dot[64] / dot[16] < 2.8, dot  # sqrt(4) = 2
+    assert 0.7 < scaled[256] / scaled[16] < 1.4, scaled
+    # Same d_k, the same projections: scaled_dot's logits are dot's over sqrt(d_k).
+    assert scaled[64] == pytest.approx(dot[64] / 8, rel=1e-4)

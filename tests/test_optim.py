@@ -8,11 +8,38 @@ import math
 import pytest
 import torch
 
-from harness.optim import OPTIMIZERS, build_optimizer, build_scheduler, lr_factor, param_defaults
+from harness.models.transformer import AttentionModel
+from harness.optim import (
+    ADAMW_WEIGHT_DECAY,
+    OPTIMIZERS,
+    build_optimizer,
+    build_scheduler,
+    lr_factor,
+    param_defaults,
+    param_groups,
+)
 
 
-def _params() -> list[torch.nn.Parameter]:
-    return [torch.nn.Parameter(torch.ones(3))]
+def _params() -> torch.nn.Module:
+    return torch.nn.Linear(3, 3)
+
+
+def _model(attention: str = "additive") -> AttentionModel:
+    torch.manual_seed(0)
+    return AttentionModel(
+        vocab_size=12,
+        n_outputs=5,
+        max_len=10,
+        head="token",
+        causal=False,
+        attention=attention,
+        attention_params={"n_heads": 2} if attention != "dot" else {},
+        d_model=16,
+        n_layers=2,
+        d_ff=32,
+        d_k=8,
+        dropout=0.0,
+    )
 
 
 def test_registry_has_the_four_optimizers_with_log_spaced_grids() -> None:
@@ -27,9 +54,10 @@ def test_registry_has_the_four_optimizers_with_log_spaced_grids() -> None:
 def test_documented_defaults_reach_torch() -> None:
     adam = build_optimizer("adam", _params(), 1e-3, param_defaults("adam"))
     assert adam.defaults["betas"] == (0.9, 0.999) and adam.defaults["eps"] == 1e-8
-    assert adam.defaults["weight_decay"] == 0
+    assert {g["weight_decay"] for g in adam.param_groups} == {0}
     adamw = build_optimizer("adamw", _params(), 1e-3, param_defaults("adamw"))
-    assert adamw.defaults["weight_decay"] == 0.01  # torch's AdamW default
+    assert param_defaults("adamw")["weight_decay"] == ADAMW_WEIGHT_DECAY > 0
+    assert [g["weight_decay"] for g in adamw.param_groups] == [ADAMW_WEIGHT_DECAY, 0.0]
     sgd = build_optimizer("sgd", _params(), 0.1, param_defaults("sgd"))
     assert sgd.defaults["momentum"] == 0.9 and sgd.defaults["nesterov"] is False
     nesterov = build_optimizer("sgd", _params(), 0.1, param_defaults("sgd") | {"nesterov": True})
@@ -39,7 +67,61 @@ def test_documented_defaults_reach_torch() -> None:
     decayed = build_optimizer(
         "adam", _params(), 1e-3, param_defaults("adam") | {"weight_decay": 0.1}
     )
-    assert decayed.defaults["weight_decay"] == 0.1
+    assert [g["weight_decay"] for g in decayed.param_groups] == [0.1, 0.0]
+
+
+# --------------------------------------------------------------------------- weight decay
+
+
+def test_decay_only_matrices_and_embeddings() -> None:
+    model = _model("additive")
+    decay, keep = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and keep["weight_decay"] == 0.0
+    ids = {id(p) for p in decay["params"]}
+    names = dict(model.named_parameters())
+    assert len(decay["params"]) + len(keep["params"]) == len(names)  # each exactly once
+    for name, p in names.items():
+        matrix = p.ndim >= 2 and not name.endswith("v_a")
+        assert (id(p) in ids) == matrix, name
+    # The cases that matter, by name: embeddings and projections decay; the rest does not.
+    for name in ("embed.weight", "blocks.0.attn.q_proj.weight", "blocks.1.ff.0.weight"):
+        assert id(names[name]) in ids, name
+    for name in ("blocks.0.attn.v_a", "blocks.0.ln1.weight", "ln_f.bias", "head.bias"):
+        assert id(names[name]) not in ids, name
+    assert names["blocks.0.attn.v_a"].ndim == 2  # not decayed although a 2-D tensor
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_zero_gradients_shrink_matrices_and_leave_the_rest(optimizer: str) -> None:
+    """With zero gradients only weight decay moves a parameter: matrices shrink; biases,
+    LayerNorm gains and additive's v_a stay exactly where they were (every optimizer)."""
+    model = _model("additive")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(optimizer, model, 0.01, param_defaults(optimizer) | {"weight_decay": 0.2})
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for name, p in model.named_parameters():
+        if p.ndim >= 2 and not name.endswith("v_a"):
+            assert p.norm() < before[name].norm(), name
+        else:
+            assert torch.equal(p, before[name]), name
+    if optimizer == "adamw":  # decoupled: p <- p (1 - lr wd)
+        w = "blocks.0.attn.q_proj.weight"
+        torch.testing.assert_close(dict(model.named_parameters())[w], before[w] * (1 - 0.01 * 0.2))
+
+
+def test_adamw_default_decay_moves_matrices_and_adam_does_not() -> None:
+    """The shipped defaults: AdamW decays (so it differs from Adam), Adam does not."""
+    for name, shrinks in (("adamw", True), ("adam", False)):
+        model = _model("multihead")
+        w = model.blocks[0].attn.q_proj.weight
+        w0 = w.detach().clone()
+        opt = build_optimizer(name, model, 1e-2, param_defaults(name))
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        assert (w.norm() < w0.norm()) == shrinks, name
 
 
 def test_warmup_then_cosine_decay() -> None:

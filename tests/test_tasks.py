@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -15,8 +16,15 @@ import pytest
 import torch
 
 from tasks import TASKS, TaskData, TaskInputError, get_task
-from tasks.corpus import read_corpus
-from tasks.text import eval_starts
+from tasks.corpus import (
+    STDLIB_CLASSES,
+    disk_cached,
+    read_corpus,
+    read_documents,
+    stdlib_docs,
+    stdlib_files,
+)
+from tasks.text import TextSplits, eval_starts, split_corpus
 from tasks.tokenizers import PAD, UNK, build_tokenizer
 
 ALL = sorted(TASKS)
@@ -88,6 +96,21 @@ def test_shapes_dtypes_and_ranges(name: str) -> None:
         assert len(data.itos) == data.vocab_size
 
 
+def scored(split) -> list[int]:
+    return (split.y if split.score_mask is None else split.y[split.score_mask]).tolist()
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if TASKS[n].metric == "acc"])
+def test_chance_is_the_best_input_blind_predictor(name: str) -> None:
+    """chance = test accuracy of the constant answer with most training hits (ties: smallest)."""
+    data = default(name)
+    train_counts, test = Counter(scored(data.train)), scored(data.test)
+    best = max(range(data.n_outputs), key=lambda answer: (train_counts[answer], -answer))
+    brute_force = sum(target == best for target in test) / len(test)
+    assert data.info["chance"] == pytest.approx(brute_force, abs=1e-12)
+    assert 0 <= data.info["chance"] < TASKS[name].target
+
+
 @pytest.mark.parametrize("name", SYNTHETIC)
 def test_synthetic_split_sizes(name: str) -> None:
     data = default(name)
@@ -101,29 +124,52 @@ def test_same_seed_same_data(name: str) -> None:
 
 
 DIGEST = """
-import hashlib, sys
+import hashlib
 from tasks import get_task
-for name in sys.argv[1:]:
+
+def digest(name):
     task = get_task(name)
     data = task.build(dict(task.params), 3)
     digest = hashlib.sha256()
     for split in (data.train, data.val, data.test):
         digest.update(split.x.numpy().tobytes() + split.y.numpy().tobytes())
-    print(name, digest.hexdigest(), data.info)
+    return f"{name} {digest.hexdigest()} {sorted(data.info.items())}\\n"
 """
 
 
-def test_text_tasks_identical_across_processes() -> None:
-    """In-process caches hide nondeterminism (hash order): build in two fresh interpreters."""
-    outputs = set()
-    for hash_seed in ("1", "2"):
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
-        run = subprocess.run(
-            [sys.executable, "-c", DIGEST, "char_lm", "text_cls"],
-            env=env, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        outputs.add(run.stdout)
-    assert len(outputs) == 1 and "text_cls" in outputs.pop()
+def test_text_tasks_identical_across_processes(tmp_path: Path) -> None:
+    """In-process caches hide nondeterminism (hash order): build in a fresh interpreter with
+    another hash seed, extracting the docstrings into an empty disk cache, and compare with
+    this process (whose docstrings may come from the user's disk cache)."""
+    script = DIGEST + "print(digest('char_lm') + digest('text_cls'), end='')"
+    other_seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    env = {**os.environ, "PYTHONHASHSEED": other_seed, "XDG_CACHE_HOME": str(tmp_path)}
+    run = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE)
+    here: dict = {}
+    exec(DIGEST, here)
+    expected = here["digest"]("char_lm") + here["digest"]("text_cls")
+    assert run.communicate()[0].decode() == expected and run.returncode == 0
+    assert list((tmp_path / "attention-harness").glob("stdlib_docs-*.json"))
+
+
+def test_disk_cache_round_trip_and_rebuild(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def build() -> dict:
+        calls.append(1)
+        return {"texts": ["a", "b"], "labels": ["x", "y"]}
+
+    assert disk_cached("t", ["key", 1], build) == build() and len(calls) == 2
+    assert disk_cached("t", ["key", 1], build) == {"texts": ["a", "b"], "labels": ["x", "y"]}
+    assert len(calls) == 2, "the second call reads the file"
+    (path,) = (tmp_path / "attention-harness").glob("t-*.json")
+    path.write_text("{not json", encoding="utf-8")
+    assert disk_cached("t", ["key", 1], build)["labels"] == ["x", "y"] and len(calls) == 3
+    disk_cached("t", ["other key"], build)
+    assert len(calls) == 4 and len(list(path.parent.glob("t-*.json"))) == 2
+    monkeypatch.setenv("XDG_CACHE_HOME", str(path))  # a file, so no folder can be made there
+    assert disk_cached("t", ["key", 2], build)["texts"] == ["a", "b"] and len(calls) == 5
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -215,26 +261,36 @@ def test_selective_copy_targets_are_the_data_in_order() -> None:
 # ---- char_lm ----
 
 
+def pydoc_splits() -> TextSplits:
+    return split_corpus(read_documents("pydoc_data"))
+
+
+def decode_window(data: TaskData, split, row: int) -> str:
+    return "".join(data.itos[i] for i in [*split.x[row].tolist(), split.y[row, -1].item()])
+
+
 def test_char_lm_default_corpus() -> None:
     data = default("char_lm")
-    text = read_corpus("pydoc_data")
+    text, texts = read_corpus("pydoc_data"), pydoc_splits()
     assert data.info["corpus_chars"] == len(text) > 400_000
-    assert 3 < data.info["unigram_bpc"] < 6
+    assert 3 < data.info["unigram_bpc"] < 6 and data.info["chance"] == data.info["unigram_bpc"]
     assert data.info["vocab_size"] == data.vocab_size == data.n_outputs == len(data.itos)
-    assert data.itos[:2] == ["<pad>", "<unk>"] and set(data.itos[2:]) <= set(text)
+    assert data.itos[:2] == ["<pad>", "<unk>"] and set(data.itos[2:]) == set(texts.train)
     for split in splits(data).values():
         assert torch.equal(split.y[:, :-1], split.x[:, 1:])
         assert split.score_mask.all() and split.x.shape[1] == 128
-    window = "".join(data.itos[i] for i in [*data.test.x[0].tolist(), data.test.y[0, -1].item()])
-    assert window in text[int(0.95 * len(text)) :]
-    assert 100 < len(data.val) <= 200 and 100 < len(data.test) <= 200
+    for name, split in splits(data).items():
+        row = len(split) // 2
+        assert decode_window(data, split, row) in getattr(texts, name), name
+    assert 150 < len(data.val) <= 200 and 150 < len(data.test) <= 200
+    held_out = len(texts.val) + len(texts.test)
+    assert 0.08 < held_out / len(text) < 0.11 and len(texts.train) > 0.8 * len(text)
 
 
 def test_char_lm_eval_windows_are_non_overlapping_and_spread() -> None:
     seq_len = 16
     data = build("char_lm", seq_len=seq_len)
-    text = read_corpus("pydoc_data")
-    val_text = text[int(0.9 * len(text)) : int(0.95 * len(text))]
+    val_text = pydoc_splits().val
     starts = eval_starts(len(val_text), seq_len)
     assert len(starts) == len(data.val) == 200
     assert (starts % seq_len == 0).all() and (starts.diff() >= seq_len).all()
@@ -243,16 +299,96 @@ def test_char_lm_eval_windows_are_non_overlapping_and_spread() -> None:
         assert "".join(data.itos[i] for i in row) == val_text[start : start + seq_len]
 
 
+def shared_windows(text: str, reference: str, width: int = 64) -> float:
+    """Fraction of text's `width`-character windows (every start, repeats counted) that occur
+    anywhere in `reference`: plain strings, independent of the hashing in tasks.dedup."""
+    seen = {reference[i : i + width] for i in range(len(reference) - width + 1)}
+    starts = range(len(text) - width + 1)
+    return sum(text[i : i + width] in seen for i in starts) / max(len(starts), 1)
+
+
+def test_shared_windows_detects_overlap() -> None:
+    """The measure below can fail: copied text and pydoc's old contiguous 90/5/5 cut show."""
+    text = read_corpus("pydoc_data")
+    assert shared_windows(text[1000:3000], text) == 1.0
+    half = text[5000:6000] + "".join(chr(0x4E00 + i) for i in range(1000))
+    assert shared_windows(half, text) == pytest.approx(937 / 1937)
+    assert shared_windows("x" * 200, "y" * 200) == 0.0
+    train, test = text[: int(0.9 * len(text))], text[int(0.95 * len(text)) :]
+    assert shared_windows(test, train) > 0.05, "the issue's 7-17%: pydoc repeats passages"
+
+
+def test_char_lm_default_splits_share_no_text() -> None:
+    """Under 1% of held-out 64-character windows occur in training (measured: none)."""
+    texts = pydoc_splits()
+    assert shared_windows(texts.test, texts.train) < 0.01
+    assert shared_windows(texts.val, texts.train) < 0.01
+    assert shared_windows(texts.test, texts.val) < 0.01
+
+
+def test_char_lm_folder_is_split_by_file_and_repeats_stay_held_out(tmp_path: Path) -> None:
+    shared = "This paragraph is copied into every file, word for word, to be found.\n\n"
+    for i in range(40):
+        body = "".join(f"File {i} paragraph {j} says {i * j} things.\n\n" for j in range(30))
+        (tmp_path / f"doc{i:02}.txt").write_text(body + shared, encoding="utf-8")
+    documents = read_documents(str(tmp_path))
+    assert len(documents) == 40
+    texts = split_corpus(documents)
+    in_test = [d for d in documents if d in texts.test]
+    assert in_test and "".join(in_test) == texts.test, "test: whole files, in corpus order"
+    homes = [
+        [n for n in ("train", "val", "test") if d[:40] in getattr(texts, n)] for d in documents
+    ]
+    assert all(len(home) == 1 for home in homes), "every file in one split"
+    assert [home[0] for home in homes].count("train") == 36
+    assert shared in texts.test and shared not in texts.val + texts.train
+    assert shared_windows(texts.test, texts.train) == 0.0
+    assert shared_windows(texts.val, texts.train) == shared_windows(texts.test, texts.val) == 0.0
+    kept = [d.removesuffix(shared) for d, h in zip(documents, homes, strict=True) if h == ["train"]]
+    assert texts.train == "".join(kept), "train loses only the copy"
+    data = build("char_lm", corpus=str(tmp_path), seq_len=32, n_train=10)
+    assert decode_window(data, data.test, 0) in texts.test
+
+
+def test_char_lm_folder_of_files_too_large_to_hold_out_is_cut(tmp_path: Path) -> None:
+    """No file fits test's 5% share: the folder is cut like one text, not left without test."""
+    for i in range(20):
+        lines = 2 if i == 0 else 30
+        text = "".join(f"file {i} line {j} of the folder.\n" for j in range(lines))
+        (tmp_path / f"f{i:02}.txt").write_text(text, encoding="utf-8")
+    documents = read_documents(str(tmp_path))
+    texts, joined = split_corpus(documents), "".join(documents)
+    assert joined.endswith(texts.val + texts.test) and texts.test.startswith("file 19 line")
+    assert texts.train == joined[: len(texts.train)] and len(texts.train) / len(joined) > 0.88
+
+
+def test_char_lm_single_file_cut_at_paragraphs(tmp_path: Path) -> None:
+    paragraphs = [f"Paragraph {i} of the story, told once.\n\n" for i in range(1000)]
+    repeated = "A refrain that the author repeats near the start and at the very end.\n\n"
+    paragraphs[10] = paragraphs[-3] = repeated
+    path = tmp_path / "story.txt"
+    path.write_text("".join(paragraphs), encoding="utf-8")
+    texts = split_corpus(read_documents(str(path)))
+    text = "".join(paragraphs)
+    val_start = text.index(texts.val)
+    assert text[val_start - 2 : val_start] == "\n\n" and abs(val_start - 0.9 * len(text)) < 50
+    assert text[val_start:] == texts.val + texts.test and texts.test.startswith("Paragraph ")
+    assert repeated in texts.test and shared_windows(texts.test, texts.train) == 0.0
+    assert texts.train == text[:val_start].replace(repeated, "", 1), "only the repeat is gone"
+
+
 def test_char_lm_from_file(tmp_path: Path) -> None:
     text = "".join(f"Line {i}: the quick brown fox jumps.\n" for i in range(300)) + "Z" * 40
     path = tmp_path / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     data = build("char_lm", corpus=str(path), seq_len=32, n_train=100)
     assert data.info["corpus_chars"] == len(text)
-    assert "Z" not in data.itos, "the vocabulary comes from the train region only"
+    assert "Z" not in data.itos, "the vocabulary comes from the train text only"
     assert (data.test.y == UNK).any(), "characters unseen in training are UNK"
-    decoded = "".join(data.itos[i] for i in data.train.x[0].tolist())
-    assert decoded in text[: int(0.9 * len(text))]
+    train = split_corpus(read_documents(str(path))).train
+    assert train == text[: len(train)] and train.endswith("jumps.\n")
+    assert 0.89 * len(text) < len(train) <= 0.9 * len(text)
+    assert "".join(data.itos[i] for i in data.train.x[0].tolist()) in train
     assert data.train.x.shape == (100, 32)
 
 
@@ -262,19 +398,21 @@ def test_char_lm_unigram_bpc_by_hand(tmp_path: Path) -> None:
     data = build("char_lm", corpus=str(path), seq_len=2, n_train=10)
     # train region: 126 chars (ab x 50 then a x 26) -> counts a 76, b 50, unk 0 (+1 each)
     expected = -torch.tensor(77 / 129).log2().item()  # the test region is all "a"
-    assert data.info["unigram_bpc"] == pytest.approx(expected)
+    assert data.info["unigram_bpc"] == data.info["chance"] == pytest.approx(expected)
 
 
 def test_char_lm_from_folder(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
-    (tmp_path / "a" / "z.txt").write_text("first file " * 100, encoding="utf-8")
-    (tmp_path / "b.txt").write_text("second file " * 100, encoding="utf-8")
+    first = "".join(f"first file, line {i}\n" for i in range(60))
+    (tmp_path / "a" / "z.txt").write_text(first, encoding="utf-8")
+    (tmp_path / "b.txt").write_text("second file, no newline at the end", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("", encoding="utf-8")
     (tmp_path / ".hidden").write_bytes(b"\0binary")
+    assert read_documents(str(tmp_path)) == (first, "second file, no newline at the end\n")
     text = read_corpus(str(tmp_path))
-    assert text == "first file " * 100 + "\n" + "second file " * 100 + "\n"
     data = build("char_lm", corpus=str(tmp_path), seq_len=8, n_train=20)
     assert data.info["corpus_chars"] == len(text)
-    assert set(data.itos[2:]) == set(text[: int(0.9 * len(text))])
+    assert set(data.itos[2:]) == set(split_corpus(read_documents(str(tmp_path))).train)
 
 
 # ---- text_cls ----
@@ -308,7 +446,7 @@ def test_text_cls_from_local_file(tmp_path: Path, suffix: str) -> None:
     assert data.n_outputs == data.info["n_classes"] == 3
     assert data.info["classes"] == ",".join(classes)
     assert [len(s) for s in splits(data).values()] == [48, 6, 6]  # 80/10/10 of 20 per class
-    assert data.info["majority_acc"] == pytest.approx(2 / 6)
+    assert data.info["majority_acc"] == data.info["chance"] == pytest.approx(2 / 6)
     for split in splits(data).values():
         assert torch.bincount(split.y, minlength=3).unique().numel() == 1, "stratified"
         for row, label in zip(split.x.tolist(), split.y.tolist(), strict=True):
@@ -350,15 +488,33 @@ def test_text_cls_char_tokenizer(tmp_path: Path) -> None:
     )
 
 
-def test_text_cls_stdlib_docs() -> None:
-    data = default("text_cls")
-    assert data.info["classes"] == "asyncio,email,logging,xml"
-    y = torch.cat([s.y for s in splits(data).values()])
-    counts = torch.bincount(y, minlength=4)
-    assert (counts >= 150).all() and counts.sum() > 800, counts
-    assert data.info["majority_acc"] < 0.4
-    assert 500 < data.vocab_size <= 5000
-    assert len(data.val) > 80 and len(data.test) > 80
+def test_text_cls_stdlib_docs_size_and_classes() -> None:
+    data, docs = default("text_cls"), stdlib_docs()
+    classes = data.info["classes"].split(",")
+    assert len(classes) == data.n_outputs == data.info["n_classes"] >= 4
+    assert set(classes) == set(docs.labels) == set(STDLIB_CLASSES)
+    assert len(data.val) >= 1000 and len(data.test) >= 1000
+    assert len(data.train) + len(data.val) + len(data.test) == len(docs)
+    assert len(set(docs.texts)) == len(docs), "each docstring once, so in one split only"
+    counts = {n: torch.bincount(s.y, minlength=len(classes)) for n, s in splits(data).items()}
+    total = sum(counts.values())
+    assert total.max() <= 2 * total.min(), f"roughly balanced: {total.tolist()}"
+    for name in ("val", "test"):  # stratified 60/20/20
+        assert ((counts[name] - 0.2 * total).abs() <= 1).all(), (name, counts[name])
+    assert data.info["chance"] == data.info["majority_acc"] < 0.2
+    assert 1000 < data.vocab_size <= 5000
+
+
+def test_stdlib_files_skip_tests_and_missing_modules(tmp_path: Path) -> None:
+    names = ["pkg/b.py", "pkg/a.py", "pkg/test/t.py", "pkg/tests/t.py", "pkg/sub/test_x.py",
+             "pkg/idle_test/t.py", "pkg/sub/c.py", "mod.py", "test_mod.py"]  # fmt: skip
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text('"""A docstring of five words."""\n', encoding="utf-8")
+    files = stdlib_files(tmp_path, ("mod", "missing", "pkg", "test_mod"))
+    assert [f.relative_to(tmp_path).as_posix() for f in files] == [
+        "mod.py", "pkg/a.py", "pkg/b.py", "pkg/sub/c.py",
+    ]  # fmt: skip
 
 
 def test_text_cls_vocabulary_from_train_only_and_rows_without_label(tmp_path: Path) -> None:
@@ -381,7 +537,7 @@ def test_text_cls_majority_baseline(tmp_path: Path) -> None:
     rows = labelled_rows() + [{"text": f"meow more {i}", "label": "cats"} for i in range(20)]
     data = build("text_cls", source=str(write_table(rows, tmp_path / "data.jsonl")))
     assert torch.bincount(data.test.y).tolist() == [4, 2, 2]
-    assert data.info["majority_acc"] == pytest.approx(0.5)
+    assert data.info["majority_acc"] == data.info["chance"] == pytest.approx(0.5)
 
 
 def test_tokenizer_vocabulary_rules() -> None:

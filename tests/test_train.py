@@ -44,7 +44,12 @@ def test_run_records_the_whole_schema(tracking_uri: str, client: MlflowClient) -
     assert params["task"] == "copy" and params["lr"] == "0.003" and params["phase"] == "final"
     assert params["model.d_model"] == "64" and params["attention.n_heads"] == "4"
     assert params["task.length"] == "5" and params["optim.beta1"] == "0.9"
-    assert params == cfg.flat_params()
+    facts = {k: v for k, v in params.items() if k.startswith("data.") or k == "model.n_params"}
+    assert {k: v for k, v in params.items() if k not in facts} == cfg.flat_params()
+    # split sizes: copy trains on task.n_train sequences, validates and tests on fixed sets
+    assert params["data.n_train"] == "2000"
+    assert int(params["data.n_val"]) > 0 and int(params["data.n_test"]) > 0
+    assert int(params["model.n_params"]) > 10_000  # d_model 64, 2 layers, d_ff 256
 
     tags = run.data.tags
     assert tags["harness.cell_id"] == cfg.cell_id and len(cfg.cell_id) == 16
@@ -59,12 +64,17 @@ def test_run_records_the_whole_schema(tracking_uri: str, client: MlflowClient) -
         assert [m.step for m in points] == [10, 20, 30, 40, 50], key
         assert all(m.value > 0 for m in points), key
     assert [m.step for m in _history(client, result.run_id, "val/acc")] == [40, 50]
+    for layer in (0, 1):  # step 0 and every validation, on the same fixed batch
+        for stat in ("logit_std", "entropy"):
+            points = _history(client, result.run_id, f"attn/{stat}/layer{layer}")
+            assert [m.step for m in points] == [0, 40, 50], (stat, layer)
+            assert all(m.value > 0 for m in points), (stat, layer)
     for key in ("val/loss", "test/loss", "test/acc"):
         assert _history(client, result.run_id, key), key
     assert run.data.metrics["test/acc"] == pytest.approx(result.metrics["test/acc"])
 
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"config.json", "attention_maps.png"} <= artifacts
+    assert {"config.json", "attention_maps.png", "test_outcomes.json"} <= artifacts
     config = Path(client.download_artifacts(result.run_id, "config.json")).read_text()
     assert json.loads(config) == cfg.to_dict()
     png = Path(client.download_artifacts(result.run_id, "attention_maps.png")).read_bytes()

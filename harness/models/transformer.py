@@ -6,6 +6,10 @@ token embedding + sinusoidal positions (Vaswani et al. 2017, sec. 3.5)
 
 Heads: `token` predicts at every scored position (a boolean mask picks them, so unscored
 positions cost nothing in the head), `classification` mean-pools the non-padded positions.
+
+`d_k` is each attention layer's total query/key width (per head d_k / n_heads; see
+harness.models.attention). `n_params(model)` counts trainable parameters (`model.n_params`);
+`AttentionModel.attention_stats` gives the per-layer attention diagnostics of the run schema.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from harness.models.attention import build_attention
+from harness.models.attention import build_attention, logit_stats
 
 Head = Literal["token", "classification"]
 
@@ -113,6 +117,38 @@ class AttentionModel(nn.Module):
             return self.head(_mean_pool(h, padding)), maps
         h = h.reshape(-1, h.shape[-1]) if score_mask is None else h[score_mask]
         return self.head(h), maps
+
+    @torch.no_grad()
+    def attention_stats(
+        self, x: torch.Tensor, padding: torch.Tensor | None = None
+    ) -> list[tuple[float, float]]:
+        """(logit_std, entropy) of each layer's attention on batch `x`, in layer order.
+
+        Runs the model in eval mode (no dropout; the training flag is restored after), and scores
+        each block's attention on that block's real input, LN(hidden state). The scores are the
+        pre-softmax values exactly as they enter the softmax (after 1/sqrt(d_head) for scaled
+        kinds), over the allowed (query, key) pairs: the causal and key-padding masks, and real
+        (non-padded) query positions only. Per head, then averaged over heads: see
+        `harness.models.attention.logit_stats`.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            query_mask = None if padding is None else ~padding
+            h = self.embed(x) + self.pos[: x.shape[1]]
+            stats = []
+            for block in self.blocks:
+                scores, allowed = block.attn.logits(block.ln1(h), padding, causal=self.causal)
+                stats.append(logit_stats(scores, allowed, query_mask))
+                h, _ = block(h, padding, self.causal, False)
+            return stats
+        finally:
+            self.train(was_training)
+
+
+def n_params(model: nn.Module) -> int:
+    """Number of trainable parameters (each shared tensor counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _mean_pool(h: torch.Tensor, padding: torch.Tensor | None) -> torch.Tensor:
