@@ -2,12 +2,14 @@
 
 One small real grid (two synthetic tasks, two attention kinds, two optimizers, a tune phase and
 three final seeds) is trained once for the module; the tests read its report and recompute
-every number of the results tables straight from the runs, with their own code.
+every number of the results tables straight from the runs (their metrics, params and
+`test_outcomes.json` artifacts), with their own code. The statistics themselves are pinned on
+synthetic runs in tests/test_stats.py.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,11 +19,10 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from pypdf import PdfReader
-from scipy import stats as st
 
 from harness.cli import main
 from harness.report import build_report
-from harness.report.stats import holm, mean_ci, training_seconds, welch_p
+from harness.report.stats import training_seconds
 
 SECTIONS = [
     "1. Summary",
@@ -122,8 +123,8 @@ def report(grid_store: Path) -> Path:
     return out
 
 
-def _final_scores(client: MlflowClient, task: str, attention: str, optimizer: str) -> list[float]:
-    """The test scores of a configuration's final runs, read from MLflow directly."""
+def _final_runs(client: MlflowClient, task: str, attention: str, optimizer: str) -> list:
+    """A configuration's final runs, read from MLflow directly, in seed order."""
     exp = client.get_experiment_by_name("rep")
     query = (
         f"params.task = '{task}' and params.attention = '{attention}' and "
@@ -131,14 +132,47 @@ def _final_scores(client: MlflowClient, task: str, attention: str, optimizer: st
         "attributes.status = 'FINISHED'"
     )
     runs = client.search_runs([exp.experiment_id], query, max_results=100)
-    return [r.data.metrics["test/acc"] for r in runs if r.data.tags["harness.outcome"] == "ok"]
+    return sorted(runs, key=lambda r: int(r.data.params["seed"]))
+
+
+def _score(run) -> float:
+    """test/acc, or the task's chance level for a diverged run (the report's rule)."""
+    if run.data.tags["harness.outcome"] == "diverged":
+        return float(run.data.params["data.chance"])
+    return run.data.metrics["test/acc"]
+
+
+def _correct_rates(client: MlflowClient, runs: list, folder: Path) -> np.ndarray:
+    """(runs, examples) correct / n_tokens of each run's test_outcomes.json."""
+    rows = []
+    for run in runs:
+        local = client.download_artifacts(run.info.run_id, "test_outcomes.json", str(folder))
+        outcomes = json.loads(Path(local).read_text())
+        correct, tokens = np.array(outcomes["correct"]), np.array(outcomes["n_tokens"])
+        assert correct.sum() / tokens.sum() == pytest.approx(run.data.metrics["test/acc"])
+        rows.append((correct, tokens))
+    return np.array(rows, dtype=float)  # (runs, 2, examples)
+
+
+def _two_way_interval(outcomes: np.ndarray, draws: int = 4000) -> tuple[float, float]:
+    """Our own pigeonhole bootstrap (Owen 2007): seeds and examples drawn independently."""
+    rng = np.random.default_rng(123)
+    n_runs, _, n_ex = outcomes.shape
+    means = np.empty(draws)
+    for b in range(draws):
+        seeds = rng.integers(0, n_runs, n_runs)
+        examples = rng.integers(0, n_ex, n_ex)
+        picked = outcomes[seeds][:, :, examples].sum(axis=2)  # (runs, 2)
+        means[b] = np.mean(picked[:, 0] / picked[:, 1])
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
 
 
 # --------------------------------------------------------------------------- the tests
 
 
 def test_every_number_of_the_results_table_is_recomputed_from_mlflow(
-    grid_store: Path, report: Path
+    grid_store: Path, report: Path, tmp_path: Path
 ) -> None:
     client = MlflowClient(f"sqlite:///{grid_store / 'mlflow.db'}")
     html = (report / "report.html").read_text()
@@ -148,17 +182,23 @@ def test_every_number_of_the_results_table_is_recomputed_from_mlflow(
     for table, task in zip(results, ["copy", "reverse"], strict=True):
         assert len(table) == 4  # 2 attention kinds x 2 optimizers
         for row in table:
-            scores = _final_scores(client, task, row["attention"], row["optimizer"])
-            n = len(scores)
-            assert n == 3 and int(row["n"]) == n and int(row["runs"]) == 3
-            mean = float(np.mean(scores))
-            half = st.t.ppf(0.975, n - 1) * np.std(scores, ddof=1) / math.sqrt(n)
-            assert row["mean"] == f"{mean:.4f}"
+            runs = _final_runs(client, task, row["attention"], row["optimizer"])
+            scores = [_score(r) for r in runs]
+            diverged = sum(r.data.tags["harness.outcome"] == "diverged" for r in runs)
+            assert len(runs) == 3 and int(row["n"]) == 3 and int(row["diverged"]) == diverged
+            assert row["mean"] == f"{np.mean(scores):.4f}"
             assert row["std"] == f"{np.std(scores, ddof=1):.4f}"
-            assert row["CI low"] == f"{mean - half:.4f}"
-            assert row["CI high"] == f"{mean + half:.4f}"
+            assert row["params"] == f"{int(runs[0].data.params['model.n_params']):,}"
+            if diverged == 0:  # our own two-way bootstrap agrees within Monte Carlo error
+                assert row["interval"] == "seeds and test set"
+                low, high = _two_way_interval(_correct_rates(client, runs, tmp_path))
+                slack = 0.005 + 0.35 * (high - low) / 2
+                assert float(row["CI low"]) == pytest.approx(low, abs=slack)
+                assert float(row["CI high"]) == pytest.approx(high, abs=slack)
             seen += 1
     assert seen == 8
+    n_test = {r.data.params["data.n_test"] for r in _final_runs(client, "copy", "dot", "adam")}
+    assert f"test {int(n_test.pop()):,}; chance level" in html
 
 
 def test_the_lr_column_is_the_rate_tuning_chose(grid_store: Path, report: Path) -> None:
@@ -199,8 +239,11 @@ def test_figures_exist_for_every_task_and_are_embedded(report: Path) -> None:
             path = figures / f"{kind}-{task}.png"
             assert path.stat().st_size > 5000, path
             assert f'id="fig-{kind}-{task}"' in html
-    assert (figures / "throughput.png").is_file()
-    assert html.count('src="data:image/png;base64,') >= 9  # 8 per-task figures + throughput
+    assert (figures / "throughput.png").is_file() and (figures / "ranking.png").is_file()
+    for task in ("copy", "reverse"):  # attention diagnostics, logged at step 0 and validations
+        assert (figures / f"diagnostics-{task}.png").stat().st_size > 5000
+    # 10 per-task figures + ranking + throughput
+    assert html.count('src="data:image/png;base64,') >= 12
     assert 'src="figures/' not in html  # self-contained: nothing read from disk
     # the attention-map gallery: one median run per task x attention kind, from MLflow
     assert len(list(figures.glob("attention-*.png"))) == 4
@@ -270,7 +313,10 @@ def test_a_partial_grid_reports_what_exists_and_lists_what_is_missing(
     assert sorted(m["seed"] for m in missing) == sorted(r.data.params["seed"] for r in doomed[:2])
     reverse = tables(html, "results")[1]
     row = next(r for r in reverse if (r["attention"], r["optimizer"]) == ("dot", "sgd"))
-    assert (row["n"], row["runs"], row["std"], row["CI low"]) == ("1", "1", "—", "—")
+    assert (row["n"], row["std"]) == ("1", "—")
+    if row["diverged"] == "0":  # one seed: the interval is the test set's alone
+        assert row["interval"] == "test set only (1 seed)"
+        assert float(row["CI low"]) <= float(row["mean"]) <= float(row["CI high"])
     assert not (out / "report.pdf").exists()
 
 
@@ -294,28 +340,6 @@ def test_a_bad_format_exits_2(tracking_uri: str, capsys) -> None:
 
 
 # --------------------------------------------------------------------------- the statistics
-
-
-def test_mean_ci_is_students_t() -> None:
-    mean, low, high = mean_ci([1.0, 2.0, 3.0, 4.0])
-    # mean 2.5, s = 1.2910, t(0.975, 3) = 3.1824 -> half-width 2.0543
-    assert mean == 2.5 and low == pytest.approx(0.4457, abs=1e-4)
-    assert high == pytest.approx(4.5543, abs=1e-4)
-    assert math.isnan(mean_ci([0.7])[1]) and math.isnan(mean_ci([])[0])
-
-
-def test_holm_steps_down_and_keeps_nan_out_of_the_family() -> None:
-    # Holm 1979: sorted p 0.01, 0.02, 0.04 with m = 3 -> 0.03, 0.04, 0.04 (monotone)
-    assert holm([0.04, 0.01, math.nan, 0.02]) == pytest.approx([0.04, 0.03, math.nan, 0.04],
-                                                                nan_ok=True)  # fmt: skip
-    assert holm([0.9, 0.8]) == [1.0, 1.0]
-
-
-def test_welch_p_matches_the_textbook_and_handles_no_spread() -> None:
-    a, b = [0.9, 0.92, 0.95], [0.7, 0.75, 0.8]
-    assert welch_p(a, b) == pytest.approx(st.ttest_ind(a, b, equal_var=False).pvalue)
-    assert welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0 and welch_p([1.0, 1.0], [0.5, 0.5]) == 0.0
-    assert math.isnan(welch_p([1.0], [0.5, 0.6]))
 
 
 def test_training_seconds_sums_step_windows() -> None:

@@ -68,10 +68,12 @@ def build_report(
     timings["collect"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    table = stats.results_table(exp)
-    tests = stats.comparisons(exp)
-    winners = stats.winners(exp, table)
-    ranking = stats.ranking(table)
+    scored = stats.scores(exp)
+    table = stats.results_table(exp, scored)
+    tests = stats.comparisons(exp, scored)
+    winners = stats.winners(exp, table, scored)
+    ranking = stats.ranking(table, scored)
+    friedman = stats.friedman(table, ranking)
     ratios = stats.profile_ratios(table)
     finite = ratios.to_numpy(dtype=float)[np.isfinite(ratios.to_numpy(dtype=float))]
     top = max(2.0, float(finite.max()) * 1.25) if finite.size else 2.0
@@ -86,12 +88,14 @@ def build_report(
     try:
         started = time.perf_counter()
         with progress.stage("drawing figures", figure_count(exp, table)) as step:
-            figures = draw_all(exp, table, profile, work / "figures", step=lambda: step(1))
+            figures = draw_all(exp, table, profile, work / "figures", step=lambda: step(1),
+                               ranked=ranking, cd=friedman.get("cd"))  # fmt: skip
         gallery = _gallery(client, exp, table, work / "figures")
         timings["figures"] = time.perf_counter() - started
 
         started = time.perf_counter()
         context = _context(exp, table, tests, winners, ranking, figures, gallery)
+        context |= _statistics_context(scored, table, tests, winners, friedman)
         html = render_html(context)
         files = []
         if "html" in formats:
@@ -266,7 +270,7 @@ def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
     tasks = []
     for task, rows in table.groupby("task", sort=False):
         first = rows.iloc[0]
-        best = stats.best_index(rows)
+        best = set(stats.best_indices(rows))
         comparator = ">=" if first.higher_is_better else "<="
         tasks.append(
             {
@@ -275,14 +279,17 @@ def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
                 "metric_text": _metric_text(first),
                 "target_text": f"{first.metric} {comparator} {first.target:g}",
                 "has_sweep": bool((rows.sweep != "").any()),
+                "facts": _task_facts(rows),
                 "rows": [
                     {
                         **r._asdict(),
-                        "best": i == best,
+                        "best": i in best,
                         "mean_sort": _sort(r.mean),
                         "std_sort": _sort(r.std),
                         "ci_low_sort": _sort(r.ci_low),
                         "ci_high_sort": _sort(r.ci_high),
+                        "n_params_text": _count(r.n_params),
+                        "n_params_sort": _sort(r.n_params),
                         "ttt_steps_sort": _sort(r.ttt_steps),
                         "ttt_seconds_sort": _sort(r.ttt_seconds),
                         "tokens_sort": _sort(r.tokens_per_s),
@@ -292,6 +299,30 @@ def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
             }
         )
     return tasks
+
+
+def _count(value: float) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{int(value):,}"
+
+
+def _span(values: pd.Series, fmt: Any) -> str:
+    """One value, or "a – b" when configurations of the task differ; "not recorded" if none."""
+    v = values.astype(float)
+    v = v[np.isfinite(v)]
+    if v.empty:
+        return "not recorded"
+    low, high = float(v.min()), float(v.max())
+    return fmt(low) if low == high else f"{fmt(low)} – {fmt(high)}"
+
+
+def _task_facts(rows: pd.DataFrame) -> str:
+    """ "train 512, validation 104, test 104 examples; chance level 0.2500 (accuracy)"."""
+    splits = ", ".join(
+        f"{name} {_span(rows[column], _count)}"
+        for name, column in (("train", "n_train"), ("validation", "n_val"), ("test", "n_test"))
+    )
+    chance = _span(rows.chance, lambda v: f"{v:.4f}")
+    return f"examples: {splits}; chance level: {chance} ({rows.metric.iloc[0]})"
 
 
 def _figure_groups(figures: list[FigureFile], table: pd.DataFrame, exp: Experiment) -> list:
@@ -319,11 +350,32 @@ def _comparisons(tests: pd.DataFrame) -> list[dict[str, Any]]:
     out = []
     for task, rows in tests.groupby("task", sort=False):
         records = [
-            {**r, "p_sort": _sort(r["p"]), "p_holm_sort": _sort(r["p_holm"])}
+            {**r, **{f"{k}_sort": _sort(r[k]) for k in ("p_seed", "p_boot", "p", "p_holm")}}
             for r in rows.to_dict("records")
         ]
-        out.append({"name": task, "anchor": _anchor(task), "rows": records})
+        out.append({"name": task, "anchor": _anchor(task), "rows": records,
+                    "m": int(rows.p.notna().sum())})  # fmt: skip
     return out
+
+
+def _statistics_context(
+    scored: stats.Scores,
+    table: pd.DataFrame,
+    tests: pd.DataFrame,
+    winners: pd.DataFrame,
+    friedman: dict[str, Any],
+) -> dict[str, Any]:
+    """What the template needs about the statistics beyond the tables."""
+    lacking = table[table.interval.str.startswith(("seeds only", "seeds;", "none"))]
+    return {
+        "summary_sentences": stats.summary_sentences(table, tests, winners),
+        "param_warnings": stats.parameter_warnings(table),
+        "stat_notes": scored.notes,
+        "no_outcomes": [stats.config_label(r) + f" ({r.task})" for r in lacking.itertuples()],
+        "friedman": friedman,
+        "n_boot": stats.N_BOOT,
+        "exact_max": stats.EXACT_MAX_SEEDS,
+    }
 
 
 def _failed(exp: Experiment) -> list[dict[str, Any]]:

@@ -6,7 +6,11 @@ on any machine. What it returns:
 
 - `runs`: one row per child run (a run with `harness.cell_id`), every status;
 - `histories`: long form (run_id, key, step, value) of the final runs' validation metric,
-  step time and throughput, for learning curves and time-to-target;
+  step time, throughput and attention diagnostics (`attn/*`), for learning curves,
+  time-to-target and the diagnostics figure;
+- `outcomes`: per final run that has it, its per-example test outcomes (`test_outcomes.json`:
+  arrays `n_tokens`, `correct`, `loss_nats`, one entry per test example), for intervals that
+  include test-set uncertainty; runs without the artifact (older runs) are simply absent;
 - `missing`: the cells of the parent's plan that have no FINISHED run.
 """
 
@@ -15,11 +19,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import Run
@@ -30,6 +36,8 @@ from harness.errors import UserError
 PAGE = 1000  # runs per search_runs page
 HISTORY_THREADS = 8  # concurrent get_metric_history calls (they wait on I/O, not on Python)
 STEP_MS, THROUGHPUT = "time/step_ms", "throughput/tokens_per_s"
+ATTN_PREFIX = "attn/"  # attn/logit_std/layer<i>, attn/entropy/layer<i>
+TEST_OUTCOMES = "test_outcomes.json"  # per-example test outcomes artifact of a tested run
 # Rows and legends follow these orders (the registries' own), unknown names after them.
 ATTENTION_ORDER = ["dot", "scaled_dot", "additive", "multihead"]
 OPTIMIZER_ORDER = ["adam", "adamw", "sgd", "rmsprop"]
@@ -58,6 +66,12 @@ RUN_COLUMNS = [
     "error",
     "diverged_at",
     "accelerator",
+    "n_params",
+    "n_train",
+    "n_val",
+    "n_test",
+    "chance",
+    "attn_keys",
     "start_time",
     "end_time",
     "params",
@@ -73,6 +87,8 @@ class Experiment:
     histories: pd.DataFrame
     missing: pd.DataFrame
     parent: dict[str, Any] = field(default_factory=dict)  # run_id, params, tags, grid_yaml
+    # run_id -> {"n_tokens", "correct", "loss_nats"} arrays, for final runs that stored them
+    outcomes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     # env.* tags (software, hardware), harness.version and harness.git_commit: the parent's,
     # or for runs of `harness train` (no parent) the newest run's
     environment: dict[str, str] = field(default_factory=dict)
@@ -108,13 +124,17 @@ def collect(
     task_order = list(dict.fromkeys(cell["task"] for cell in plan or []))
     runs = runs_frame(children, task_order)
     wanted = runs[(runs.phase == "final") & runs.current & (runs.status == "FINISHED")]
-    histories = fetch_histories(client, wanted, progress)
+    tested = wanted[wanted.outcome == "ok"]
+    total = _history_requests(wanted) + len(tested)
+    histories = fetch_histories(client, wanted, _offset(progress, 0, total))
+    outcomes = fetch_outcomes(client, tested, _offset(progress, total - len(tested), total))
     return Experiment(
         name=exp.name,
         id=exp.experiment_id,
         ui_url=ui_url.rstrip("/"),
         runs=runs,
         histories=histories,
+        outcomes=outcomes,
         missing=missing_cells(plan or [], runs),
         parent=parent,
         plan_known=plan is not None,
@@ -210,6 +230,12 @@ def _row(run: Run) -> dict[str, Any]:
         "error": tags.get("harness.error", ""),
         "diverged_at": int(diverged_at) if diverged_at else None,
         "accelerator": tags.get("harness.accelerator", ""),
+        "n_params": _float(params.get("model.n_params")),
+        "n_train": _float(params.get("data.n_train")),
+        "n_val": _float(params.get("data.n_val")),
+        "n_test": _float(params.get("data.n_test")),
+        "chance": _float(params.get("data.chance")),
+        "attn_keys": tuple(sorted(k for k in metrics if k.startswith(ATTN_PREFIX))),
         "start_time": run.info.start_time or 0,
         "end_time": run.info.end_time,
         "params": dict(params),
@@ -228,16 +254,35 @@ def _float(value: str | None) -> float:
         return math.nan
 
 
+def _history_keys(metric: str, attn_keys: Iterable[str]) -> list[str]:
+    return [f"val/{metric}", STEP_MS, THROUGHPUT, *attn_keys]
+
+
+def _history_requests(runs: pd.DataFrame) -> int:
+    return sum(len(_history_keys(m, a)) for m, a in zip(runs.metric, runs.attn_keys, strict=True))
+
+
+def _offset(
+    progress: Callable[[int, int], None] | None, before: int, total: int
+) -> Callable[[int, int], None] | None:
+    """One progress bar over several fetches: the `before` done earlier count too."""
+    if progress is None:
+        return None
+    return lambda done, _: progress(before + done, total)
+
+
 def fetch_histories(
     client: MlflowClient,
     runs: pd.DataFrame,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
-    """(run_id, key, step, value) of each run's validation metric, step time and throughput."""
+    """(run_id, key, step, value) of each run's validation metric, step time, throughput and
+    attention diagnostics."""
+    attn = runs.attn_keys if "attn_keys" in runs else [()] * len(runs)
     requests = [
         (run_id, key)
-        for run_id, metric in zip(runs.run_id, runs.metric, strict=True)
-        for key in (f"val/{metric}", STEP_MS, THROUGHPUT)
+        for run_id, metric, keys in zip(runs.run_id, runs.metric, attn, strict=True)
+        for key in _history_keys(metric, keys)
     ]
     columns = ["run_id", "key", "step", "value"]
     if not requests:
@@ -254,6 +299,59 @@ def fetch_histories(
             if progress:
                 progress(done, len(requests))
     return pd.DataFrame(rows, columns=columns)
+
+
+def fetch_outcomes(
+    client: MlflowClient,
+    runs: pd.DataFrame,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, dict[str, np.ndarray]]:
+    """run_id -> the arrays of its `test_outcomes.json`, for the runs that have a readable one
+    (downloaded HISTORY_THREADS at a time; a run without it is left out, not an error).
+
+    Only runs of the schema that stores the file are asked (they record `data.n_test`, logged
+    with it): asking an older run for a file it cannot have costs a failed download each."""
+    runs = runs[runs.n_test.notna()] if "n_test" in runs else runs
+    if runs.empty:
+        return {}
+    _no_download_bars()
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+
+        def one(run_id: str) -> tuple[str, dict[str, np.ndarray] | None]:
+            folder = os.path.join(scratch, run_id)
+            os.makedirs(folder, exist_ok=True)
+            local = download_artifact(client, run_id, TEST_OUTCOMES, folder)
+            return run_id, parse_outcomes(local) if local else None
+
+        with ThreadPoolExecutor(HISTORY_THREADS) as pool:
+            for done, (run_id, parsed) in enumerate(pool.map(one, runs.run_id), start=1):
+                if parsed is not None:
+                    out[run_id] = parsed
+                if progress:
+                    progress(done, len(runs))
+    return out
+
+
+def parse_outcomes(path: str) -> dict[str, np.ndarray] | None:
+    """The arrays of a `test_outcomes.json`; None when it is unreadable or inconsistent (the
+    run's test-set uncertainty is then left out, as for a run without the file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+        arrays = {
+            "n_tokens": np.asarray(raw["n_tokens"], dtype=float),
+            "correct": np.asarray(raw["correct"], dtype=float),
+            "loss_nats": np.asarray(raw.get("loss_nats", []), dtype=float),
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    n = arrays["n_tokens"].size
+    if arrays["correct"].size != n or n == 0:
+        return None
+    if arrays["loss_nats"].size != n:
+        arrays["loss_nats"] = np.full(n, math.nan)
+    return arrays
 
 
 def _environment(run: Run) -> dict[str, str]:

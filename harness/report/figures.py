@@ -86,7 +86,7 @@ def heatmap(table: pd.DataFrame, task: str) -> Figure:
 
 
 def point_plot(table: pd.DataFrame, task: str) -> Figure:
-    """Mean test metric with its t-based 95% confidence interval (the results table's numbers),
+    """Mean test metric with its two-way bootstrap 95% interval (the results table's numbers),
     per optimizer and attention kind, a panel per sweep point."""
     rows = table[table.task == task]
     sweeps = list(dict.fromkeys(rows.sweep))
@@ -101,8 +101,7 @@ def point_plot(table: pd.DataFrame, task: str) -> Figure:
         for k, kind in enumerate(kinds):
             mine = part[part.attention == kind].set_index("optimizer").reindex(optimizers)
             x = np.arange(len(optimizers)) + (k - (len(kinds) - 1) / 2) * width
-            err = np.vstack([mine["mean"] - mine.ci_low, mine.ci_high - mine["mean"]])
-            ax.errorbar(x, mine["mean"], yerr=np.nan_to_num(err), fmt="o", color=palette[kind],
+            ax.errorbar(x, mine["mean"], yerr=_yerr(mine), fmt="o", color=palette[kind],
                         label=kind, capsize=3, markersize=5, linewidth=1.2)  # fmt: skip
         ax.set_xticks(range(len(optimizers)), optimizers)
         ax.set_xlabel("optimizer")
@@ -186,8 +185,7 @@ def sweep_plot(table: pd.DataFrame, task: str, key: str) -> Figure | None:
             mine = rows[(rows.optimizer == optimizer) & (rows.attention == kind)]
             mine = mine.sort_values("swept") if numeric else mine
             x = mine.swept if numeric else mine.swept.astype(str)
-            err = np.vstack([mine["mean"] - mine.ci_low, mine.ci_high - mine["mean"]])
-            ax.errorbar(x, mine["mean"], yerr=np.nan_to_num(err), marker="o", capsize=3,
+            ax.errorbar(x, mine["mean"], yerr=_yerr(mine), marker="o", capsize=3,
                         color=palette[kind], label=kind, linewidth=1.3, markersize=4)  # fmt: skip
         if numeric and min(rows.swept) > 0 and max(rows.swept) / min(rows.swept) >= 8:
             ax.set_xscale("log", base=2)
@@ -257,9 +255,130 @@ def throughput_plot(table: pd.DataFrame) -> Figure | None:
     return fig
 
 
+ATTN_STATS = {"logit_std": "attention logit std", "entropy": "attention entropy (nats)"}
+
+
+def diagnostics_plot(exp: Experiment, task: str) -> Figure | None:
+    """Attention diagnostics (`attn/logit_std/layer<i>`, `attn/entropy/layer<i>`) at the first
+    logged step (step 0, before training) and at the last validation: mean over seeds (and
+    optimizers) per attention kind, against a swept model.d_k (log2 axis) when there is one,
+    else against the layer. None when no run logged them."""
+    final = exp.final[exp.final.task == task]
+    hist = exp.histories
+    points = hist[hist.key.str.startswith("attn/")]
+    if points.empty or final.empty:
+        return None
+    points = points.merge(final[["run_id", "attention", "sweep_values"]], on="run_id")
+    if points.empty:
+        return None
+    parts = points.key.str.extract(r"^attn/(?P<stat>[^/]+)/layer(?P<layer>\d+)$")
+    points = points.assign(stat=parts.stat, layer=pd.to_numeric(parts.layer)).dropna(
+        subset=["stat", "layer"]
+    )
+    points = points[points.stat.isin(list(ATTN_STATS))]
+    if points.empty:
+        return None
+    first = points.groupby("run_id").step.transform("min")
+    last = points.groupby("run_id").step.transform("max")
+    when = pd.concat(
+        [points[points.step == first].assign(when="start of training (step 0)"),
+         points[(points.step == last) & (last > first)].assign(when="last validation")]
+    )  # fmt: skip
+    dk = [v.get("model.d_k") for v in when.sweep_values]
+    swept = all(isinstance(v, int | float) and v > 0 for v in dk) and len(set(dk)) > 1
+    when = when.assign(x=dk if swept else when.layer)
+    data = when.groupby(["stat", "when", "attention", "layer", "x"], as_index=False).value.mean()
+    moments = list(dict.fromkeys(when.when))
+    kinds = ordered(data.attention, ATTENTION_ORDER)
+    palette = attention_palette(kinds)
+    layers = sorted(data.layer.unique())
+    if swept and len(layers) > len(LINESTYLES):
+        layers = [layers[0], layers[-1]]
+    stats_ = [s for s in ATTN_STATS if s in set(data.stat)]
+    fig, axes = _subplots(len(stats_), len(moments), figsize=(1.8 + 3.6 * len(moments),
+                          2.6 * len(stats_)), squeeze=False, sharex=True)  # fmt: skip
+    for row, stat in enumerate(stats_):
+        for col, moment in enumerate(moments):
+            ax = axes[row][col]
+            part = data[(data.stat == stat) & (data.when == moment)]
+            for kind in kinds:
+                mine = part[part.attention == kind]
+                if swept:
+                    for i, layer in enumerate(layers):
+                        line = mine[mine.layer == layer].sort_values("x")
+                        ax.plot(line.x, line.value, marker="o", markersize=3.5,
+                                color=palette[kind], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                                label=f"{kind}, layer {int(layer)}")  # fmt: skip
+                else:
+                    line = mine.sort_values("x")
+                    ax.plot(line.x, line.value, marker="o", markersize=4, color=palette[kind],
+                            label=kind)  # fmt: skip
+            if swept:
+                ticks = sorted(set(data.x))
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+                ax.set_xlabel("model.d_k (total query/key width)")
+            else:
+                ax.set_xticks(sorted(set(data.x)), [f"{int(t)}" for t in sorted(set(data.x))])
+                ax.set_xlabel("layer")
+            values = part.value[part.value > 0]
+            if stat == "logit_std" and not values.empty and values.max() / values.min() >= 4:
+                ax.set_yscale("log")
+            ax.set_ylabel(ATTN_STATS[stat])
+            ax.set_title(moment, fontsize=9)
+    axes[0][-1].legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.02, 1))
+    return fig
+
+
+def ranking_plot(ranked: pd.DataFrame, cd: float | None = None) -> Figure | None:
+    """Mean rank over tasks with its 95% bootstrap interval, best at the top; the Nemenyi
+    critical difference as a bar when there is one."""
+    if ranked is None or len(ranked) < 2:
+        return None
+    rows = ranked.iloc[::-1]
+    fig, ax = _subplots(1, 1, figsize=(7.2, 1.2 + 0.24 * len(rows)))
+    y = np.arange(len(rows))
+    err = np.vstack([rows.mean_rank - rows.rank_low, rows.rank_high - rows.mean_rank])
+    ax.errorbar(rows.mean_rank, y, xerr=np.nan_to_num(np.clip(err, 0, None)), fmt="o",
+                color="0.2", capsize=2.5, markersize=4, linewidth=1)  # fmt: skip
+    ax.set_yticks(y, rows.config, fontsize=7)
+    ax.set_xlabel("mean rank over tasks (1 = best), 95% bootstrap interval")
+    if cd:
+        start = float(ranked.mean_rank.min())
+        ax.plot([start, start + cd], [len(rows) - 0.4] * 2, color="C3", linewidth=2.5)
+        ax.text(start + cd / 2, len(rows) - 0.25, f"CD = {cd:.2f}", ha="center", fontsize=7,
+                color="C3")  # fmt: skip
+        ax.set_ylim(-0.7, len(rows) + 0.3)
+    return fig
+
+
+def n_caption(table: pd.DataFrame, task: str | None = None) -> str:
+    """How many runs each configuration's numbers rest on, and how many diverged."""
+    rows = table if task is None else table[table.task == task]
+    if rows.empty:
+        return ""
+    low, high = int(rows.n.min()), int(rows.n.max())
+    n = f"n = {low} run(s)" if low == high else f"n = {low} to {high} runs"
+    diverged = rows[rows.diverged > 0]
+    if diverged.empty:
+        return f"{n} per configuration, none diverged."
+    listed = ", ".join(
+        f"{config_label(r)} {int(r.diverged)} of {int(r.n)}" for r in diverged.itertuples()
+    )
+    return f"{n} per configuration; diverged (counted at chance): {listed}."
+
+
+def _yerr(rows: pd.DataFrame) -> np.ndarray:
+    """Error bars from the interval (a percentile interval can leave the mean outside it:
+    the bar then stops at the mean)."""
+    err = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]])
+    return np.clip(np.nan_to_num(err), 0, None)
+
+
 def _clip_to_metric(ax: Axes, rows: pd.DataFrame) -> None:
-    """Accuracy lives in [0, 1]: a t-interval from two seeds can reach far past it, and would
-    squash every mean into a line. Cut the axis at the metric's range (the bars run off it)."""
+    """Accuracy lives in [0, 1]: keep the axis within it (a little margin), so an interval
+    never squashes the means into a line."""
     if rows.metric.iloc[0] != "acc":
         return
     low = np.nanmin(np.concatenate([rows["mean"], rows.ci_low]))
@@ -312,25 +431,30 @@ def draw_all(
     profile: pd.DataFrame,
     folder: Path,
     step: Callable[[], None] | None = None,
+    ranked: pd.DataFrame | None = None,
+    cd: float | None = None,
 ) -> list[FigureFile]:
     """Every figure of the report, saved under `folder` (created), in the report's order."""
     folder.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     jobs: list[tuple[str, str, str, str | None, Callable[[], Figure | None]]] = []
+    interval = ("95% interval from the two-way bootstrap over seeds and test examples (the "
+                "results table's numbers); diverged runs count at chance.")  # fmt: skip
     for task in dict.fromkeys(table.task):
         metric = metric_label(table[table.task == task].metric.iloc[0])
+        n = n_caption(table, task)
         jobs += [
             (f"heatmap-{task}", f"{task}: mean {metric}",
-             "Mean over final seeds; rows are attention kinds, columns optimizers.", task,
+             f"Mean over final seeds (diverged ones at chance); rows are attention kinds, "
+             f"columns optimizers. {n}", task,
              lambda t=task: heatmap(table, t)),
-            (f"ci-{task}", f"{task}: {metric} with 95% confidence intervals",
-             "Mean over final seeds with the t-based 95% confidence interval of the results "
-             "table; diverged runs are left out, and one seed has no interval.", task,
+            (f"ci-{task}", f"{task}: {metric} with 95% intervals",
+             f"Mean over final seeds with its {interval} {n}", task,
              lambda t=task: point_plot(table, t)),
             (f"curves-{task}", f"{task}: learning curves",
              "Validation metric during training: mean over final seeds, band = +-1 standard "
-             "deviation; dashed line = the task's target.", task,
-             lambda t=task: learning_curves(exp, t)),
+             f"deviation; dashed line = the task's target; a diverged run's curve stops. {n}",
+             task, lambda t=task: learning_curves(exp, t)),
             (f"lr-{task}", f"{task}: learning-rate sensitivity (tune phase)",
              "Final validation metric of each tuning run against its learning rate (mean over "
              "tune seeds); a rate that diverged leaves a gap.", task,
@@ -340,11 +464,26 @@ def draw_all(
         for key in keys:
             jobs.append(
                 (f"sweep-{task}-{key}", f"{task}: {metric} against {key}",
-                 "Mean over final seeds with t-based 95% confidence intervals.", task,
+                 f"Mean over final seeds with its {interval} {n}", task,
                  lambda t=task, k=key: sweep_plot(table, t, k))
             )  # fmt: skip
+        jobs.append(
+            (f"diagnostics-{task}", f"{task}: attention logits and entropy",
+             "Standard deviation of the attention logits as they enter the softmax, and mean "
+             "attention entropy, on a fixed validation batch, per layer, averaged over heads; "
+             "at step 0 (before the first update) and at the last validation; mean over seeds "
+             f"and optimizers per attention kind. Vaswani et al. (2017, sec. 3.2.1) predict "
+             f"that unscaled dot-product logits grow as sqrt(d_k). {n}", task,
+             lambda t=task: diagnostics_plot(exp, t))
+        )  # fmt: skip
     configs = table.assign(config=[config_label(r) for r in table.itertuples()])
+    tasks = table.task.nunique()
     jobs += [
+        ("ranking", "Mean rank across tasks",
+         f"Mean rank over {tasks} task(s) with its 95% stratified bootstrap interval (seeds and "
+         "test examples resampled per task); red bar: the Nemenyi critical difference, when "
+         "there are at least 3 tasks and 3 configurations.", None,
+         lambda: ranking_plot(ranked, cd)),
         ("profiles", "Performance profiles",
          "Fraction of tasks on which a configuration reached the target within a factor tau "
          "of the fastest configuration (training seconds to target).", None,
@@ -373,7 +512,7 @@ def figure_count(exp: Experiment, table: pd.DataFrame) -> int:
         len({k for v in table[table.task == t].sweep_values for k in v})
         for t in dict.fromkeys(table.task)
     )
-    return 4 * table.task.nunique() + sweeps + 2
+    return 5 * table.task.nunique() + sweeps + 3
 
 
 def _safe(name: str) -> str:

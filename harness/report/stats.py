@@ -1,24 +1,71 @@
-"""The report's numbers: per-configuration summaries, time-to-target, tests, rankings, profiles.
+"""The report's numbers: per-configuration scores and intervals, paired tests, winners, rankings.
 
 A configuration is task x sweep point x attention x optimizer (`KEY`); its numbers come from
 its final-phase runs, one per seed, scored on held-out test data (`test/acc` or `test/bpc`).
+Runs of a task share one test set (example i is the same in every run) and runs with the same
+seed share the training stream, so runs PAIR BY SEED across configurations.
 
-- Mean, sample standard deviation and a 95% confidence interval from Student's t with n-1
-  degrees of freedom, over the seeds whose run finished without diverging (n). A run that
-  diverged has no test score: it is counted apart and makes its configuration ineligible to win.
-- Time-to-target (AlgoPerf, Dahl et al. 2023, "Benchmarking Neural Network Training
-  Algorithms"): the first validation step at which the metric reaches the task's target, and
-  the training seconds up to it (the sum of `time/step_ms` over the steps, evaluation time
-  excluded). A configuration's value is the median over its seeds, a seed that never reached
-  the target counting as infinitely slow; an infinite median reads "not reached".
-- Pairwise comparisons: Welch's unequal-variance t-test (two-sided) on the test scores of two
-  configurations, attention kinds within each optimizer and optimizers within each attention
-  kind, with Holm's step-down correction (Holm 1979) over all comparisons of a task.
-- Ranking: per task, configurations ranked by mean test score (ties share the average rank;
-  a configuration without a score ranks last); the table sorts by the mean rank over tasks.
-- Performance profiles (Dolan and Moré 2002, as used by AlgoPerf): for configuration c,
-  rho_c(tau) is the fraction of tasks on which c's time-to-target is within a factor tau of
-  the fastest configuration on that task.
+Scores. A run's score is its test metric. A diverged run is never dropped: it scores the
+task's chance level (param `data.chance`: chance accuracy, or the unigram bpc). Without that
+param (older runs) it scores 0.0 accuracy, or the worst finite score seen on the task, and the
+report says so. Failed, killed and missing cells are not scores; section 5 lists them.
+
+Intervals: the two-way ("pigeonhole") bootstrap of Owen (2007, "The pigeonhole bootstrap",
+Ann. Appl. Stat. 1(2):386-411), over seeds AND test examples. Each of `N_BOOT` replicates draws
+seeds with replacement and, independently, test-example indices with replacement; the
+replicate's value is the mean over the drawn seeds of each run's metric recomputed on the drawn
+examples from its `test_outcomes.json` (a diverged seed keeps its constant chance score). The
+95% interval is the percentile interval. Every configuration of a task sees the same example
+draws and the same seed draws (by position in seed order), so differences are coherent. A run
+without per-example outcomes contributes its constant score (seed-only uncertainty, said in the
+report); with one seed the interval is test-set only. The generator is seeded (`BOOT_SEED`, and
+the task's name), so a report is reproducible. Owen's estimate is slightly conservative.
+
+Comparisons A vs B (same task and sweep point: attention kinds within an optimizer, optimizers
+within an attention kind), on the seeds both have:
+- effect sizes: diff = mean_A - mean_B with its two-way bootstrap interval; the probability of
+  improvement P(A > B) of Agarwal et al. (2021, "Deep reinforcement learning at the edge of the
+  statistical precipice", NeurIPS; the `rliable` library): the share of (A run, B run) pairs in
+  which A is better, ties counting half, i.e. the Mann-Whitney U over n_A n_B
+  (scipy.stats.mannwhitneyu), with its interval from the same bootstrap replicates.
+- p_seed: the exact two-sided paired sign-flip permutation test of the mean difference
+  (scipy.stats.permutation_test, permutation_type="samples": all 2^n swaps up to
+  `EXACT_MAX_SEEDS` seeds, `RANDOM_RESAMPLES` random ones beyond). Valid at any n; its smallest
+  value is 2^(1-n) (0.5 with 2 seeds, 0.03125 with 6). No test below 2 seeds; all differences
+  zero gives p = 1. No p-value here is ever 0.
+- p_boot: the two-sided bootstrap p of the difference (twice the smaller share of replicates
+  on either side of 0, at least 1/B): does the difference survive resampling the test set?
+  B is N_BOOT, or 2 m / ALPHA on a task with m comparisons when that is more, so that the
+  floor 1/B never decides a Holm-corrected test.
+- p = max(p_seed, p_boot): an intersection-union test (Berger 1982, "Multiparameter hypothesis
+  testing and acceptance sampling", Technometrics 24(4)): a difference is called only when it
+  survives both; the level stays alpha because each part is a level-alpha test.
+- Holm's step-down correction (Holm 1979, Scand. J. Statist. 6(2)) over all comparisons of a
+  task (the family is the task); significant = Holm-adjusted p < ALPHA. With m comparisons the
+  first Holm step needs 2^(1-n) m < ALPHA, hence "needs at least k seeds".
+- equal means (to 1e-12, relative) are a tie: named, never a winner over each other.
+
+Winners: per task, every configuration with the best mean (ties all named), and those not
+significantly different from it (winner-vs-each comparisons, Holm within that family).
+
+Ranking across tasks (Demsar 2006, "Statistical comparisons of classifiers over multiple data
+sets", JMLR 7): per task configurations are ranked by mean (ties share the average rank; a
+configuration absent from a task ranks last), then averaged over tasks. The 95% interval of the
+mean rank and P(rank 1) come from the same stratified (per task) two-way bootstrap replicates.
+With N >= 3 tasks and k >= 3 configurations present on every task: the Friedman test
+(scipy.stats.friedmanchisquare) with the Iman-Davenport F correction, and the Nemenyi critical
+difference CD = q_alpha sqrt(k (k + 1) / (6 N)), q_alpha = studentized range(0.95; k, inf)/sqrt(2).
+
+Fair-comparison check: configurations compared within a task and sweep point whose parameter
+counts (`model.n_params`) differ by more than 10% are named (the rule of Long Range Arena, Tay
+et al. 2021, "Long Range Arena: a benchmark for efficient transformers", ICLR).
+
+Time-to-target (AlgoPerf, Dahl et al. 2023, "Benchmarking Neural Network Training Algorithms"):
+the first validation step at which the metric reaches the task's target, and the training
+seconds up to it (the sum of `time/step_ms`, evaluation excluded). A configuration's value is
+the median over its seeds, a seed that never reached the target counting as infinitely slow.
+Performance profiles (Dolan and More 2002): rho_c(tau) is the fraction of tasks on which c's
+time-to-target is within a factor tau of the fastest configuration on that task.
 """
 
 from __future__ import annotations
@@ -26,7 +73,9 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -38,41 +87,35 @@ from harness.report.collect import STEP_MS, Experiment
 KEY = ["task", "sweep", "attention", "optimizer"]
 ALPHA = 0.05
 CONFIDENCE = 0.95
+N_BOOT = 2000  # bootstrap replicates (two-way: seeds and test examples), at least
+# more on a task with many comparisons: B >= 2 m / ALPHA, so that the smallest bootstrap p,
+# 1/B, can pass the first step of Holm's correction over the task's m comparisons
+BOOT_SEED = 20070601  # the report's bootstrap generator seed (with the task's name)
+CHUNK = 250  # replicates whose example weights are held in memory at once
+EXACT_MAX_SEEDS = 16  # exact sign-flip test (2^n assignments) up to here, random beyond
+RANDOM_RESAMPLES = 9999
+TIE_RTOL = 1e-12  # equal means (relative): a tie
+PARAMS_TOLERANCE = 0.10  # Long Range Arena's rule for comparable parameter counts
+LN2 = math.log(2.0)
 
 
-# --------------------------------------------------------------------------- single numbers
+# --------------------------------------------------------------------------- small pieces
 
 
-def mean_ci(values: Sequence[float], level: float = CONFIDENCE) -> tuple[float, float, float]:
-    """(mean, low, high) of the t-based confidence interval; low = high = NaN when n < 2."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if x.size < 2:
-        return mean, math.nan, math.nan
-    half = st.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
-    return mean, mean - float(half), mean + float(half)
+def is_tie(a: float, b: float) -> bool:
+    """Equal to TIE_RTOL (relative); two NaNs are not a tie."""
+    return math.isclose(a, b, rel_tol=TIE_RTOL, abs_tol=1e-300)
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p-value of Welch's t-test; NaN with fewer than two values on a side.
-
-    With no spread on either side scipy has no answer: identical constants give p = 1 and
-    different constants p = 0 (every seed of one beat every seed of the other, exactly)."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if x.size < 2 or y.size < 2:
-        return math.nan
-    if _constant(x) and _constant(y):
-        return 1.0 if math.isclose(x.mean(), y.mean(), abs_tol=1e-12) else 0.0
-    with warnings.catch_warnings():  # nearly-constant samples: scipy warns, the p is still right
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(st.ttest_ind(x, y, equal_var=False).pvalue)
-
-
-def _constant(x: np.ndarray) -> bool:
-    """No spread beyond float rounding (accuracies of 1.0 summed in another order, say)."""
-    return float(np.ptp(x)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
+def percentile_interval(values: np.ndarray, level: float = CONFIDENCE) -> tuple[float, float]:
+    """(low, high) percentile interval of bootstrap replicates; NaN without replicates."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(v, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -86,6 +129,324 @@ def holm(p_values: Sequence[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         adjusted[i] = running
     return adjusted.tolist()
+
+
+def sign_flip_p(a: Sequence[float], b: Sequence[float], seed: int = BOOT_SEED) -> float:
+    """Exact two-sided paired sign-flip permutation p of mean(a - b) (a[i], b[i]: one seed).
+
+    NaN below two pairs; 1 when every difference is zero. Exact (all 2^n swaps) up to
+    EXACT_MAX_SEEDS pairs, else RANDOM_RESAMPLES random swaps (p never below 1/(R + 1))."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size < 2:
+        return math.nan
+    d = x - y
+    if np.all(np.abs(d) <= TIE_RTOL * np.maximum(np.abs(x), np.abs(y))):
+        return 1.0
+    exact = x.size <= EXACT_MAX_SEEDS
+    result = st.permutation_test(
+        (x, y),
+        _mean_difference,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=np.inf if exact else RANDOM_RESAMPLES,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    return float(min(1.0, result.pvalue))
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+    return np.mean(x - y, axis=axis)
+
+
+def bootstrap_p(diffs: np.ndarray) -> float:
+    """Two-sided bootstrap p of a difference from its replicates: twice the smaller share on
+    either side of zero (a replicate at zero counts on both), at least 1/B."""
+    r = np.asarray(diffs, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return math.nan
+    zero = np.abs(r) <= 1e-12
+    below = float(np.mean((r < 0) | zero))
+    above = float(np.mean((r > 0) | zero))
+    return max(1.0 / r.size, min(1.0, 2 * min(below, above)))
+
+
+def prob_improvement(a: Sequence[float], b: Sequence[float], higher_is_better: bool) -> float:
+    """P(A > B) of Agarwal et al. 2021: over all (a_i, b_j) pairs, 1 when a_i is better, 1/2
+    when equal; the Mann-Whitney U of A over n_A n_B."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size == 0 or y.size == 0:
+        return math.nan
+    if not higher_is_better:
+        x, y = -x, -y
+    if np.all(x == x[0]) and np.all(y == y[0]):  # scipy's p-value would divide by zero
+        return 1.0 if x[0] > y[0] else 0.0 if x[0] < y[0] else 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        u = st.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic").statistic
+    return float(u) / (x.size * y.size)
+
+
+def prob_improvement_replicates(xr: np.ndarray, yr: np.ndarray, higher: bool) -> np.ndarray:
+    """P(A > B) of every replicate: xr, yr are (B, n) replicate scores of the drawn seeds."""
+    if not higher:
+        xr, yr = -xr, -yr
+    x, y = xr[:, :, None], yr[:, None, :]
+    return ((x > y) + 0.5 * (x == y)).mean(axis=(1, 2))
+
+
+def seeds_needed(m: int, alpha: float = ALPHA) -> int:
+    """Smallest n with 2^(1-n) m < alpha: below it an exact paired test on n seeds cannot pass
+    the first step of Holm's correction over m comparisons, whatever the data."""
+    n = 2
+    while 2.0 ** (1 - n) * max(m, 1) >= alpha:
+        n += 1
+    return n
+
+
+def seed_draws(uniforms: np.ndarray, n: int) -> np.ndarray:
+    """(B, n) seed positions drawn with replacement from n, from the task's shared uniforms:
+    configurations with the same seeds get the same draws (a paired bootstrap)."""
+    return np.minimum((uniforms[:, :n] * n).astype(np.int64), n - 1)
+
+
+def nemenyi_cd(k: int, n: int, alpha: float = ALPHA) -> float:
+    """Nemenyi critical difference of mean ranks for k configurations over n tasks (Demsar
+    2006, sec. 3.2.2): q_alpha sqrt(k (k + 1) / (6 n)), q_alpha from the studentized range."""
+    q = st.studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2)
+    return float(q * math.sqrt(k * (k + 1) / (6 * n)))
+
+
+# --------------------------------------------------------------------------- scores and draws
+
+
+@dataclass
+class Config:
+    """One configuration's scored runs in seed order, with their bootstrap replicates."""
+
+    key: tuple
+    higher_is_better: bool
+    seeds: list[int]
+    run_ids: list[str]
+    scores: np.ndarray  # test score per run (a diverged run: chance)
+    diverged: np.ndarray  # bool per run
+    with_outcomes: np.ndarray  # bool per run: its test-set variation is in the replicates
+    reps: np.ndarray  # (B, n) replicate score of each run (B: the task's replicate count)
+    uniforms: np.ndarray  # (B, seeds) the task's shared seed-draw uniforms
+
+    @property
+    def n(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def mean(self) -> float:
+        return float(self.scores.mean()) if self.n else math.nan
+
+    def mean_replicates(self) -> np.ndarray:
+        if not self.n:
+            return np.full(len(self.uniforms), math.nan)
+        idx = seed_draws(self.uniforms, self.n)
+        return np.take_along_axis(self.reps, idx, axis=1).mean(axis=1)
+
+    def interval_kind(self) -> str:
+        """What the interval includes, in words."""
+        if self.n == 0:
+            return "no score"
+        if self.diverged.all():
+            return "every seed diverged (scored at chance)"
+        lacking = int((~self.with_outcomes).sum())
+        if self.n == 1:
+            return "test set only (1 seed)" if lacking == 0 else "none (1 seed, no outcomes)"
+        if lacking == 0:
+            return "seeds and test set"
+        if lacking == self.n:
+            return "seeds only (test-set uncertainty not included)"
+        return f"seeds; test set for {self.n - lacking} of {self.n} runs"
+
+
+@dataclass
+class Scores:
+    """Everything the statistics rest on: per configuration its scored runs and replicates."""
+
+    configs: dict[tuple, Config]
+    notes: list[str] = field(default_factory=list)  # said in the report's results section
+    task_uniforms: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def get(self, key: tuple) -> Config | None:
+        return self.configs.get(key)
+
+
+def scores(exp: Experiment, n_boot: int = N_BOOT) -> Scores:
+    """Score every final run (diverged at chance), and draw each task's bootstrap replicates."""
+    final = exp.final
+    configs: dict[tuple, Config] = {}
+    notes: list[str] = []
+    uniforms_by_task: dict[str, np.ndarray] = {}
+    if final.empty:
+        return Scores(configs, notes)
+    outcomes = getattr(exp, "outcomes", {}) or {}
+    for task, runs in final.groupby("task", sort=False):
+        scored = _scored_runs(runs, notes)
+        rng = np.random.default_rng([BOOT_SEED, zlib.crc32(str(task).encode())])
+        per_config = scored.groupby(KEY, sort=False)
+        n_max = max([len(g) for _, g in per_config] + [1])
+        b = replicates_for(family_size(runs), n_boot)
+        uniforms = rng.random((b, n_max))
+        uniforms_by_task[str(task)] = uniforms
+        reps = _run_replicates(scored, outcomes, rng, b, notes, str(task))
+        higher = bool(runs.higher_is_better.iloc[0])
+        for key, group in runs.groupby(KEY, sort=False):
+            mine = scored[scored.run_id.isin(group.run_id)].sort_values("seed", kind="stable")
+            configs[tuple(key)] = Config(
+                key=tuple(key),
+                higher_is_better=higher,
+                seeds=mine.seed.astype(int).tolist(),
+                run_ids=mine.run_id.tolist(),
+                scores=mine.score.to_numpy(dtype=float),
+                diverged=mine.diverged.to_numpy(dtype=bool),
+                with_outcomes=mine.diverged.to_numpy(dtype=bool)
+                | mine.run_id.isin(reps.with_outcomes).to_numpy(),
+                reps=np.column_stack([reps.values[r] for r in mine.run_id])
+                if len(mine)
+                else np.empty((b, 0)),
+                uniforms=uniforms,
+            )
+    return Scores(configs, notes, uniforms_by_task)
+
+
+def family_size(runs: pd.DataFrame) -> int:
+    """The larger Holm family of a task's runs: the comparisons `comparisons` makes (attention
+    kinds within each optimizer, optimizers within each attention kind, per sweep point), or
+    the winner against each other configuration."""
+    configs = runs[KEY].drop_duplicates()
+    m = 0
+    for _, point in configs.groupby("sweep", sort=False):
+        for axis, within in (("attention", "optimizer"), ("optimizer", "attention")):
+            for _, same in point.groupby(within, sort=False):
+                k = same[axis].nunique()
+                m += k * (k - 1) // 2
+    return max(m, len(configs) - 1)
+
+
+def replicates_for(m: int, n_boot: int = N_BOOT) -> int:
+    """Replicates for a task with m comparisons: n_boot, or 2 m / ALPHA when that is more."""
+    return max(n_boot, math.ceil(2 * m / ALPHA))
+
+
+def _scored_runs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """The runs that have a score: ok with a finite test metric, and diverged (at chance)."""
+    task = runs.task.iloc[0]
+    ok = runs[(runs.outcome == "ok") & np.isfinite(runs.test.astype(float))]
+    diverged = runs[runs.outcome == "diverged"]
+    out = pd.concat(
+        [ok.assign(score=ok.test.astype(float), diverged=False), diverged.assign(diverged=True)]
+    )
+    if not diverged.empty:
+        chance = [_chance(r, runs, ok, notes) for r in diverged.itertuples()]
+        out.loc[out.diverged, "score"] = chance
+    lost = out[~np.isfinite(out.score.astype(float))]
+    if not lost.empty:
+        notes.append(
+            f"{task}: {len(lost)} diverged run(s) have no chance level to score at "
+            "(no data.chance and no finite score on the task); they are left out."
+        )
+    return out[np.isfinite(out.score.astype(float))]
+
+
+def _chance(run: Any, runs: pd.DataFrame, ok: pd.DataFrame, notes: list[str]) -> float:
+    """A diverged run's score: its own data.chance, else its sweep point's, else its task's;
+    else 0.0 accuracy, or the worst finite score seen on the task (said in a note)."""
+    if math.isfinite(run.chance):
+        return float(run.chance)
+    for same in (runs[runs.sweep == run.sweep], runs):
+        known = same.chance[np.isfinite(same.chance.astype(float))]
+        if not known.empty:
+            return float(known.median())
+    finite = ok.test.astype(float)
+    if run.metric == "acc":
+        value, how = 0.0, "0.0"
+    elif finite.empty:
+        return math.nan
+    else:
+        value = float(finite.min() if run.higher_is_better else finite.max())
+        how = f"the worst finite score seen on the task ({value:.4g})"
+    note = (
+        f"{run.task}: data.chance is not recorded, so a diverged run counts as {how} "
+        f"({run.metric})."
+    )
+    if note not in notes:
+        notes.append(note)
+    return value
+
+
+@dataclass
+class _Replicates:
+    values: dict[str, np.ndarray]  # run_id -> (B,) replicate score
+    with_outcomes: set[str]  # runs whose replicates include test-set resampling
+
+
+def _run_replicates(
+    scored: pd.DataFrame,
+    outcomes: dict[str, dict[str, np.ndarray]],
+    rng: np.random.Generator,
+    n_boot: int,
+    notes: list[str],
+    task: str,
+) -> _Replicates:
+    """Each scored run's metric on every replicate's example draw (one draw per task, shared
+    by all its runs); constant for a diverged run and for a run without outcomes."""
+    values = {r.run_id: np.full(n_boot, float(r.score)) for r in scored.itertuples()}
+    usable = []
+    for r in scored[~scored.diverged].itertuples():
+        out = outcomes.get(r.run_id)
+        if out is not None and r.metric in ("acc", "bpc"):
+            usable.append((r.run_id, r.metric, r.score, out))
+    if not usable:
+        return _Replicates(values, set())
+    lengths = pd.Series([len(o["n_tokens"]) for *_, o in usable])
+    n_examples = int(lengths.mode().iloc[0])
+    kept, num, den = [], [], []
+    for run_id, metric, score, out in usable:
+        if len(out["n_tokens"]) != n_examples:
+            continue
+        top = out["correct"] if metric == "acc" else out["loss_nats"] / LN2
+        tokens = out["n_tokens"].astype(float)
+        if tokens.sum() <= 0 or not math.isclose(top.sum() / tokens.sum(), score, abs_tol=1e-3):
+            continue
+        kept.append(run_id)
+        num.append(top.astype(float))
+        den.append(tokens)
+    if len(kept) < len(usable):
+        notes.append(
+            f"{task}: {len(usable) - len(kept)} run(s) have per-example test outcomes that do "
+            "not match the task's test set or their own test score; their test-set "
+            "uncertainty is not included."
+        )
+    if not kept or n_examples == 0:
+        return _Replicates(values, set())
+    top_m, den_m = np.column_stack(num), np.column_stack(den)
+    if np.all(den_m == den_m[:, :1]):  # the usual case: one test set, one token count each
+        den_m = den_m[:, :1]
+    reps = np.empty((n_boot, len(kept)))
+    for start in range(0, n_boot, CHUNK):
+        size = min(CHUNK, n_boot - start)
+        weights = example_weights(rng, n_examples, size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            reps[start : start + size] = (weights @ top_m) / (weights @ den_m)
+    for j, run_id in enumerate(kept):
+        column = reps[:, j]
+        values[run_id] = np.where(np.isfinite(column), column, values[run_id])
+    return _Replicates(values, set(kept))
+
+
+def example_weights(rng: np.random.Generator, n_examples: int, size: int) -> np.ndarray:
+    """(size, n_examples) multinomial counts: how often each test example is drawn when
+    n_examples are drawn with replacement, once per replicate."""
+    draws = rng.integers(0, n_examples, size=(size, n_examples))
+    flat = draws + (np.arange(size) * n_examples)[:, None]
+    counts = np.bincount(flat.ravel(), minlength=size * n_examples)
+    return counts.reshape(size, n_examples).astype(float)
 
 
 # --------------------------------------------------------------------------- time-to-target
@@ -132,38 +493,49 @@ def training_seconds(step_ms: pd.DataFrame, step: int) -> float:
 # --------------------------------------------------------------------------- the results table
 
 
-def results_table(exp: Experiment) -> pd.DataFrame:
-    """One row per configuration (KEY), in grid order, from its final runs."""
+RESULT_COLUMNS = [
+    *KEY,
+    "metric",
+    "higher_is_better",
+    "target",
+    "lr",
+    "runs",
+    "n",
+    "diverged",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "interval",
+    "n_params",
+    "n_train",
+    "n_val",
+    "n_test",
+    "chance",
+    "ttt_steps",
+    "ttt_seconds",
+    "reached",
+    "tokens_per_s",
+    "run_ids",
+    "sweep_values",
+]
+
+
+def results_table(exp: Experiment, sc: Scores | None = None) -> pd.DataFrame:
+    """One row per configuration (KEY), in grid order, from its final runs: n scored runs
+    (diverged ones at chance), their mean and its two-way bootstrap 95% interval."""
     final = exp.final
-    columns = [
-        *KEY,
-        "metric",
-        "higher_is_better",
-        "target",
-        "lr",
-        "runs",
-        "n",
-        "diverged",
-        "mean",
-        "std",
-        "ci_low",
-        "ci_high",
-        "ttt_steps",
-        "ttt_seconds",
-        "reached",
-        "tokens_per_s",
-        "run_ids",
-        "sweep_values",
-    ]
     if final.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=RESULT_COLUMNS)
+    sc = sc or scores(exp)
     ttt = time_to_target(exp)
     throughput = _median_throughput(exp)
     rows = []
     for key, runs in final.groupby(KEY, sort=False):
-        ok = runs[(runs.outcome == "ok") & runs.test.notna()]
-        scores = ok.test.tolist()
-        mean, low, high = mean_ci(scores)
+        config = sc.configs[tuple(key)]
+        low, high = percentile_interval(config.mean_replicates())
+        if config.n == 1 and not config.with_outcomes.all():
+            low = high = math.nan
         times = ttt.loc[runs.run_id]
         rows.append(
             [
@@ -173,23 +545,37 @@ def results_table(exp: Experiment) -> pd.DataFrame:
                 runs.target.iloc[0],
                 ", ".join(f"{lr:g}" for lr in sorted(runs.lr.unique())),
                 len(runs),
-                len(scores),
-                int((runs.outcome == "diverged").sum()),
-                mean,
-                float(np.std(scores, ddof=1)) if len(scores) > 1 else math.nan,
+                config.n,
+                int(config.diverged.sum()),
+                config.mean,
+                float(np.std(config.scores, ddof=1)) if config.n > 1 else math.nan,
                 low,
                 high,
+                config.interval_kind(),
+                _fact(runs.n_params),
+                _fact(runs.n_train),
+                _fact(runs.n_val),
+                _fact(runs.n_test),
+                _fact(runs.chance),
                 float(np.median(times.ttt_steps)),
                 float(np.median(times.ttt_seconds)),
                 int(np.isfinite(times.ttt_steps).sum()),
                 float(np.nanmedian(throughput.reindex(runs.run_id)))
-                if not throughput.empty
+                if not throughput.empty and throughput.reindex(runs.run_id).notna().any()
                 else math.nan,
                 runs.run_id.tolist(),
                 runs.sweep_values.iloc[0],
             ]
         )
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def _fact(values: pd.Series) -> float:
+    """A per-run fact (parameter count, split size, chance) of a configuration: the median of
+    the runs that recorded it (they agree); NaN when none did."""
+    v = values.astype(float)
+    v = v[np.isfinite(v)]
+    return float(v.median()) if not v.empty else math.nan
 
 
 def _median_throughput(exp: Experiment) -> pd.Series:
@@ -205,40 +591,148 @@ def config_label(row: pd.Series | tuple) -> str:
     return f"{label} [{row.sweep}]" if row.sweep else label
 
 
+def _label(key: tuple) -> str:
+    named = dict(zip(KEY, key, strict=True))
+    label = f"{named['attention']} + {named['optimizer']}"
+    return f"{label} [{named['sweep']}]" if named["sweep"] else label
+
+
+# --------------------------------------------------------------------------- one comparison
+
+
+def compare(a: Config, b: Config) -> dict[str, Any]:
+    """A vs B on the seeds both have: means, difference with its two-way bootstrap interval,
+    P(A > B) with its interval, p_seed (exact sign flips), p_boot and p = max of the two."""
+    common = sorted(set(a.seeds) & set(b.seeds))
+    ia = [a.seeds.index(s) for s in common]
+    ib = [b.seeds.index(s) for s in common]
+    x, y = a.scores[ia], b.scores[ib]
+    n = len(common)
+    out: dict[str, Any] = {
+        "n": n,
+        "diverged_a": int(a.diverged[ia].sum()),
+        "diverged_b": int(b.diverged[ib].sum()),
+        "mean_a": float(x.mean()) if n else math.nan,
+        "mean_b": float(y.mean()) if n else math.nan,
+        "with_outcomes": bool(a.with_outcomes[ia].all() and b.with_outcomes[ib].all()),
+        "n_boot": len(a.uniforms),
+    }
+    out["diff"] = out["mean_a"] - out["mean_b"]
+    nan = math.nan
+    if n == 0:
+        return (
+            out
+            | dict.fromkeys(
+                [
+                    "diff_low",
+                    "diff_high",
+                    "p_improve",
+                    "pi_low",
+                    "pi_high",
+                    "p_seed",
+                    "p_boot",
+                    "p",
+                ],
+                nan,
+            )
+            | {"constant_equal": False, "all_equal": False}
+        )
+    idx = seed_draws(a.uniforms, n)
+    xr = np.take_along_axis(a.reps[:, ia], idx, axis=1)
+    yr = np.take_along_axis(b.reps[:, ib], idx, axis=1)
+    diffs = (xr - yr).mean(axis=1)
+    out["diff_low"], out["diff_high"] = percentile_interval(diffs)
+    higher = a.higher_is_better
+    out["p_improve"] = prob_improvement(x, y, higher)
+    out["pi_low"], out["pi_high"] = percentile_interval(prob_improvement_replicates(xr, yr, higher))
+    out["all_equal"] = bool(np.all(x == y))
+    out["constant_equal"] = bool(np.all(x == x[0]) and np.all(y == x[0]))
+    if n < 2:
+        out |= {"p_seed": nan, "p_boot": nan, "p": nan}
+        return out
+    out["p_seed"] = sign_flip_p(x, y)
+    out["p_boot"] = bootstrap_p(diffs)
+    out["p"] = max(out["p_seed"], out["p_boot"])
+    return out
+
+
+def _reason(c: dict[str, Any], m: int) -> str:
+    """Why a comparison is not significant, when the reason is structural (or which part of
+    the intersection-union test held it back)."""
+    if c["n"] < 2:
+        return "n < 2 paired seeds"
+    if c["constant_equal"]:
+        return "constant and equal"
+    if c["all_equal"]:
+        return "equal on every paired seed"
+    k = seeds_needed(m)
+    if c["n"] < k:
+        return (
+            f"with {m} comparison{'s' if m != 1 else ''}, an exact paired test needs at least "
+            f"{k} seeds (here {c['n']})"
+        )
+    if m / c["n_boot"] >= ALPHA:
+        return f"with {m} comparisons, {c['n_boot']} bootstrap replicates cannot show it"
+    if c["p_boot"] > c["p_seed"]:
+        return "within test-set sampling variation"
+    return "within seed-to-seed variation"
+
+
+def _finish_family(rows: list[dict[str, Any]]) -> None:
+    """Holm over the family (in place): p_holm, significant, better, reason."""
+    adjusted = holm([r["p"] for r in rows])
+    m = sum(1 for r in rows if not math.isnan(r["p"]))
+    for r, q in zip(rows, adjusted, strict=True):
+        tie = is_tie(r["mean_a"], r["mean_b"])
+        r["p_holm"] = q
+        r["significant"] = bool(q < ALPHA) and not tie
+        if tie:
+            r["better"] = "tie"
+        elif math.isnan(r["diff"]):
+            r["better"] = ""
+        else:
+            r["better"] = r["a"] if (r["diff"] > 0) == r["higher_is_better"] else r["b"]
+        r["reason"] = "" if r["significant"] else _reason(r, max(m, 1))
+
+
 # --------------------------------------------------------------------------- comparisons
 
 
-def comparisons(exp: Experiment) -> pd.DataFrame:
-    """Pairwise Welch tests: attention kinds within an optimizer, optimizers within an attention
-    kind (per task and sweep point), Holm-corrected over each task's comparisons."""
+COMPARISON_COLUMNS = [
+    "task", "sweep", "kind", "within", "a", "b", "label_a", "label_b", "higher_is_better", "n",
+    "diverged_a", "diverged_b", "mean_a", "mean_b", "diff", "diff_low", "diff_high",
+    "p_improve", "pi_low", "pi_high", "p_seed", "p_boot", "p", "p_holm", "significant",
+    "better", "reason", "with_outcomes", "n_boot",
+]  # fmt: skip
+
+
+def comparisons(exp: Experiment, sc: Scores | None = None) -> pd.DataFrame:
+    """Paired comparisons: attention kinds within an optimizer, optimizers within an attention
+    kind (per task and sweep point); Holm over each task's comparisons."""
     final = exp.final
-    ok = final[(final.outcome == "ok") & final.test.notna()]
-    scores = {key: runs.test.tolist() for key, runs in ok.groupby(KEY, sort=False)}
+    if final.empty:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    sc = sc or scores(exp)
     present = final[KEY].drop_duplicates()
-    rows = []
-    for (task, sweep), configs in present.groupby(["task", "sweep"], sort=False):
-        higher = bool(final[final.task == task].higher_is_better.iloc[0])
-        for axis, within_axis in (("attention", "optimizer"), ("optimizer", "attention")):
-            for within, same in configs.groupby(within_axis, sort=False):
-                for a, b in itertools.combinations(same[axis].tolist(), 2):
-                    ka = _key(task, sweep, axis, a, within_axis, within)
-                    kb = _key(task, sweep, axis, b, within_axis, within)
-                    xa, xb = scores.get(ka, []), scores.get(kb, [])
-                    ma, mb = _mean(xa), _mean(xb)
-                    better = a if (ma > mb) == higher else b
-                    rows.append(
-                        [task, sweep, f"{axis} within {within_axis}", within, a, b, ma, mb,
-                         ma - mb, len(xa), len(xb), welch_p(xa, xb),
-                         better if not math.isclose(ma, mb) else "tie"]
-                    )  # fmt: skip
-    columns = ["task", "sweep", "kind", "within", "a", "b", "mean_a", "mean_b", "diff", "n_a",
-               "n_b", "p", "better"]  # fmt: skip
-    table = pd.DataFrame(rows, columns=columns)
-    table["p_holm"] = math.nan
-    for _, index in table.groupby("task", sort=False).groups.items():
-        table.loc[index, "p_holm"] = holm(table.loc[index, "p"].tolist())
-    table["significant"] = table.p_holm < ALPHA
-    return table
+    out: list[dict[str, Any]] = []
+    for task, in_task in present.groupby("task", sort=False):
+        family: list[dict[str, Any]] = []
+        for sweep, configs in in_task.groupby("sweep", sort=False):
+            for axis, within_axis in (("attention", "optimizer"), ("optimizer", "attention")):
+                for within, same in configs.groupby(within_axis, sort=False):
+                    for a, b in itertools.combinations(same[axis].tolist(), 2):
+                        ka = _key(task, sweep, axis, a, within_axis, within)
+                        kb = _key(task, sweep, axis, b, within_axis, within)
+                        ca, cb = sc.configs[ka], sc.configs[kb]
+                        family.append(
+                            {"task": task, "sweep": sweep, "kind": f"{axis} within {within_axis}",
+                             "within": within, "a": a, "b": b, "label_a": _label(ka),
+                             "label_b": _label(kb), "higher_is_better": ca.higher_is_better,
+                             **compare(ca, cb)}
+                        )  # fmt: skip
+        _finish_family(family)
+        out.extend(family)
+    return pd.DataFrame(out, columns=COMPARISON_COLUMNS)
 
 
 def _key(task: str, sweep: str, axis: str, value: str, other_axis: str, other: str) -> tuple:
@@ -246,83 +740,189 @@ def _key(task: str, sweep: str, axis: str, value: str, other_axis: str, other: s
     return tuple(named[k] for k in KEY)
 
 
-def _mean(values: Sequence[float]) -> float:
-    return float(np.mean(values)) if len(values) else math.nan
-
-
 # --------------------------------------------------------------------------- winners
 
 
-def best_index(configs: pd.DataFrame, eligible_only: bool = True) -> Any:
-    """Index of the best mean among `configs` (rows of one task); None when none qualifies.
-    Eligible: every seed finished without diverging (n == runs > 0)."""
-    pool = configs[(configs.n > 0) & (configs.n == configs.runs)] if eligible_only else configs
-    pool = pool.dropna(subset=["mean"])
+def best_indices(configs: pd.DataFrame) -> list[Any]:
+    """Indexes of every configuration with the best mean among `configs` (rows of one task;
+    diverged runs already count at chance): ties are all returned."""
+    pool = configs.dropna(subset=["mean"])
     if pool.empty:
-        return None
+        return []
     higher = bool(configs.higher_is_better.iloc[0])
-    return pool["mean"].idxmax() if higher else pool["mean"].idxmin()
+    best = pool["mean"].max() if higher else pool["mean"].min()
+    return [i for i, v in pool["mean"].items() if is_tie(float(v), float(best))]
 
 
-def winners(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
-    """Per task: the best eligible configuration (every seed finished without diverging) and
-    the configurations it cannot be told apart from (Holm-adjusted Welch p >= ALPHA over the
-    winner-against-each-other comparisons of that task)."""
-    final = exp.final
-    ok = final[(final.outcome == "ok") & final.test.notna()]
-    scores = {key: runs.test.tolist() for key, runs in ok.groupby(KEY, sort=False)}
+def winners(exp: Experiment, table: pd.DataFrame, sc: Scores | None = None) -> pd.DataFrame:
+    """Per task: the configuration(s) with the best mean (all tied ones named), and those not
+    significantly different from it (winner-vs-each comparisons, Holm within that family)."""
+    columns = ["task", "winner", "winners", "mean", "ci_low", "ci_high", "n", "diverged",
+               "interval", "not_different", "verdict", "others"]  # fmt: skip
+    if table.empty:
+        return pd.DataFrame(columns=columns)
+    sc = sc or scores(exp)
     rows = []
     for task, configs in table.groupby("task", sort=False):
-        index = best_index(configs)
-        if index is None:
-            rows.append([task, None, math.nan, math.nan, math.nan, 0, [], "no configuration "
-                         "finished all its seeds"])  # fmt: skip
+        best = best_indices(configs)
+        if not best:
+            rows.append([task, None, [], math.nan, math.nan, math.nan, 0, 0, "", [],
+                         "no configuration has a score", 0])  # fmt: skip
             continue
-        best = configs.loc[index]
-        best_key = tuple(best[k] for k in KEY)
-        others = [r for r in configs.itertuples() if tuple(getattr(r, k) for k in KEY) != best_key]
-        p = holm([welch_p(scores[best_key], scores.get(_tuple(r), [])) for r in others])
-        tied = [config_label(r) for r, q in zip(others, p, strict=True) if not q < ALPHA]
-        if best.n < 2:
-            verdict = "one seed only: no confidence interval, no test"
-        elif not tied:
-            verdict = "better than every other configuration (Holm-adjusted Welch p < 0.05)"
-        else:
-            verdict = (
-                f"not distinguishable (Holm-adjusted Welch p >= 0.05) from {len(tied)} of "
-                f"{len(others)} other configuration(s)"
-            )
-        if 2 <= best.n < 5:
-            verdict += f"; with {int(best.n)} seeds the tests have little power"
-        rows.append([task, config_label(best), best["mean"], best.ci_low, best.ci_high,
-                     int(best.n), tied, verdict])  # fmt: skip
-    columns = ["task", "winner", "mean", "ci_low", "ci_high", "n", "tied", "verdict"]
+        ref = configs.loc[best[0]]
+        ref_config = sc.configs[tuple(ref[k] for k in KEY)]
+        names = [config_label(configs.loc[i]) for i in best]
+        others = [r for i, r in configs.iterrows() if i not in best and r.n > 0]
+        family = []
+        for r in others:
+            other = sc.configs[tuple(r[k] for k in KEY)]
+            family.append({"a": names[0], "b": config_label(r), "higher_is_better":
+                           ref_config.higher_is_better, **compare(ref_config, other)})  # fmt: skip
+        _finish_family(family)
+        not_different = [f["b"] for f in family if not f["significant"]]
+        m = sum(1 for f in family if not math.isnan(f["p"]))
+        verdict = _verdict(int(ref.n), names, family, not_different, m)
+        winner = " and ".join(names) + (" (tie)" if len(names) > 1 else "")
+        rows.append([task, winner, names, ref["mean"], ref.ci_low, ref.ci_high,
+                     int(ref.n), int(ref.diverged), ref.interval, not_different, verdict,
+                     len(others)])  # fmt: skip
     return pd.DataFrame(rows, columns=columns)
 
 
-def _tuple(row: tuple) -> tuple:
-    return tuple(getattr(row, k) for k in KEY)
+def _verdict(n: int, names: list[str], family: list[dict], not_different: list[str], m: int) -> str:
+    """How sure the winner is, in words (n is in the sentence or the table beside it)."""
+    parts = []
+    others = "the other configuration" if len(family) == 1 else f"the other {len(family)}"
+    if not family:
+        parts.append("no other configuration to compare with")
+    elif not not_different:
+        each = "" if len(family) == 1 else "each of "
+        parts.append(
+            f"significantly better than {each}{others} (paired tests, Holm-adjusted p < {ALPHA:g})"
+        )
+    else:
+        text = f"not significantly different from {len(not_different)} of {others}"
+        k = seeds_needed(max(m, 1))
+        if n < k:
+            comparisons_ = f"{max(m, 1)} comparison{'s' if max(m, 1) != 1 else ''}"
+            text += (
+                f": with {comparisons_} an exact paired test needs at least {k} seeds (here {n})"
+            )
+        parts.append(text)
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- across tasks
 
 
-def ranking(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean rank of each configuration (attention x optimizer x sweep point) over the tasks."""
+RANKING_COLUMNS = ["config", "mean_rank", "rank_low", "rank_high", "p_best", "tasks", "ranks",
+                   "tied_with", "within_cd"]  # fmt: skip
+
+
+def ranking(table: pd.DataFrame, sc: Scores | None = None) -> pd.DataFrame:
+    """Mean rank over tasks of each configuration, with its 95% bootstrap interval and
+    P(rank 1) from stratified two-way bootstrap replicates (per task: seeds and examples)."""
     if table.empty:
-        return pd.DataFrame(columns=["config", "mean_rank", "tasks", "ranks"])
-    ranked = table.copy()
-    ranked["config"] = [config_label(r) for r in ranked.itertuples()]
-    ranked["score"] = np.where(ranked.higher_is_better, -ranked["mean"], ranked["mean"])
-    ranked["rank"] = ranked.groupby("task").score.rank(method="average", na_option="bottom")
-    out = ranked.groupby("config", sort=False).agg(
-        mean_rank=("rank", "mean"), tasks=("task", "nunique")
+        return pd.DataFrame(columns=RANKING_COLUMNS)
+    labels = list(dict.fromkeys(config_label(r) for r in table.itertuples()))
+    tasks = list(dict.fromkeys(table.task))
+    point = np.zeros(len(labels))
+    per_task: dict[str, list[str]] = {label: [] for label in labels}
+    b = min([len(u) for u in sc.task_uniforms.values()] or [N_BOOT]) if sc else N_BOOT
+    boot = np.zeros((b, len(labels)))
+    for task in tasks:
+        rows = table[table.task == task]
+        higher = bool(rows.higher_is_better.iloc[0])
+        means = np.full(len(labels), math.nan)
+        reps = np.full((b, len(labels)), math.nan)
+        for r in rows.itertuples():
+            j = labels.index(config_label(r))
+            means[j] = r.mean
+            if sc is not None:
+                config = sc.configs.get(tuple(getattr(r, k) for k in KEY))
+                if config is not None and config.n:
+                    reps[:, j] = config.mean_replicates()[:b]
+            else:
+                reps[:, j] = r.mean
+        ranks = _ranks(means[None, :], higher)[0]
+        point += ranks
+        boot += _ranks(reps, higher)
+        for label in dict.fromkeys(config_label(r) for r in rows.itertuples()):
+            per_task[label].append(f"{task}: {ranks[labels.index(label)]:g}")
+    point /= len(tasks)
+    boot /= len(tasks)
+    best = boot.min(axis=1, keepdims=True)
+    at_best = np.isclose(boot, best, rtol=0, atol=1e-9)
+    p_best = (at_best / at_best.sum(axis=1, keepdims=True)).mean(axis=0)
+    rows_out = []
+    for j, label in enumerate(labels):
+        low, high = percentile_interval(boot[:, j])
+        tied = [labels[i] for i in range(len(labels)) if i != j and is_tie(point[i], point[j])]
+        rows_out.append([label, point[j], low, high, float(p_best[j]), len(per_task[label]),
+                         ", ".join(per_task[label]), tied, None])  # fmt: skip
+    out = pd.DataFrame(rows_out, columns=RANKING_COLUMNS)
+    return out.sort_values("mean_rank", kind="stable").reset_index(drop=True)
+
+
+def _ranks(values: np.ndarray, higher: bool) -> np.ndarray:
+    """Per row, rank 1 = best (average ranks for ties; NaN, no score, ranks last)."""
+    v = np.where(np.isnan(values), -np.inf if higher else np.inf, values)
+    return st.rankdata(-v if higher else v, method="average", axis=1)
+
+
+def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
+    """The Friedman test (with the Iman-Davenport F) over tasks as blocks, and the Nemenyi
+    critical difference, for the configurations scored on every task; `why_not` when N < 3
+    tasks or k < 3 configurations. Marks ranked.within_cd (within CD of the best mean rank)."""
+    tasks = list(dict.fromkeys(table.task))
+    labelled = table.assign(config=[config_label(r) for r in table.itertuples()])
+    wide = labelled.pivot_table(index="task", columns="config", values="mean", aggfunc="first")
+    complete = [c for c in ranked.config if c in wide.columns and wide[c].notna().all()]
+    excluded = [c for c in ranked.config if c not in complete]
+    n, k = len(tasks), len(complete)
+    info: dict[str, Any] = {"done": False, "N": n, "k": k, "excluded": excluded}
+    if n < 3 or k < 3:
+        info["why_not"] = (
+            f"the Friedman test and the Nemenyi critical difference need at least 3 tasks and "
+            f"3 configurations scored on every task; here {n} task(s) and {k} configuration(s)"
+        )
+        return info
+    higher = {t: bool(table[table.task == t].higher_is_better.iloc[0]) for t in tasks}
+    scores_ = np.array([[wide.loc[t, c] for c in complete] for t in tasks], dtype=float)
+    ranks = np.vstack([_ranks(scores_[i][None, :], higher[t])[0] for i, t in enumerate(tasks)])
+    if all(np.ptp(row) == 0 for row in scores_):
+        info["why_not"] = "every configuration ties on every task: nothing to rank"
+        return info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        chi2, p_chi2 = st.friedmanchisquare(*ranks.T)
+    denominator = n * (k - 1) - chi2
+    if denominator > 1e-12:
+        f_stat = (n - 1) * chi2 / denominator
+        p_f = float(st.f.sf(f_stat, k - 1, (k - 1) * (n - 1)))
+    else:  # every task ranks the configurations alike: F is infinite; the chi-square p stands
+        f_stat, p_f = math.inf, float(p_chi2)
+    cd = nemenyi_cd(k, n)
+    mean_ranks = dict(zip(complete, ranks.mean(axis=0), strict=True))
+    top = min(mean_ranks.values())
+    for i, c in enumerate(ranked.config):
+        if c in mean_ranks:
+            ranked.at[i, "within_cd"] = bool(mean_ranks[c] - top < cd)
+    info.update(
+        done=True,
+        F_text="infinite (every task ranks them alike; p from the chi-square)"
+        if math.isinf(f_stat)
+        else f"{f_stat:.2f}",
+        chi2=float(chi2),
+        p_chi2=float(p_chi2),
+        F=float(f_stat),
+        p_F=max(p_f, float(np.finfo(float).tiny)),
+        cd=cd,
+        significant=p_f < ALPHA,
+        mean_ranks=mean_ranks,
+        top_group=[c for c, r in sorted(mean_ranks.items(), key=lambda x: x[1]) if r - top < cd],
     )
-    out["ranks"] = ranked.groupby("config", sort=False).apply(
-        lambda g: ", ".join(f"{t}: {r:g}" for t, r in zip(g.task, g["rank"], strict=True)),
-        include_groups=False,
-    )
-    return out.sort_values("mean_rank", kind="stable").reset_index()
+    return info
 
 
 def profile_ratios(table: pd.DataFrame) -> pd.DataFrame:
@@ -347,6 +947,110 @@ def performance_profile(ratios: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame(rho, index=ratios.index, columns=taus)
 
 
+# --------------------------------------------------------------------------- fairness, summary
+
+
+def parameter_warnings(table: pd.DataFrame) -> list[str]:
+    """Configurations compared within a task and sweep point whose parameter counts differ by
+    more than PARAMS_TOLERANCE (Long Range Arena's 10% rule), named; one warning per distinct
+    set of counts, listing where it occurs."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for (task, sweep), rows in table.groupby(["task", "sweep"], sort=False):
+        counts = rows.dropna(subset=["n_params"])
+        if len(counts) < 2:
+            continue
+        low, high = float(counts.n_params.min()), float(counts.n_params.max())
+        if low <= 0 or high <= low * (1 + PARAMS_TOLERANCE):
+            continue
+        kinds = counts.drop_duplicates(["attention", "n_params"])
+        listed = ", ".join(f"{r.attention} {int(r.n_params):,}" for r in kinds.itertuples())
+        text = f"(max/min = {high / low:.2f}): {listed}"
+        found.setdefault(text, []).append((str(task), str(sweep)))
+    out = []
+    for text, places in found.items():
+        by_task: dict[str, list[str]] = {}
+        for task, sweep in places:
+            by_task.setdefault(task, []).append(sweep)
+        where = ", ".join(
+            task + (f" ({', '.join(s for s in sweeps if s)})" if any(sweeps) else "")
+            for task, sweeps in by_task.items()
+        )
+        out.append(
+            f"On {where}, parameter counts of compared configurations differ by more than "
+            f"{PARAMS_TOLERANCE:.0%} {text}. Differences between these attention kinds mix how "
+            "they score with how many parameters they have."
+        )
+    return out
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:.{digits}g}"
+
+
+def _p_text(p: float) -> str:
+    return "—" if not math.isfinite(p) else f"{p:.2g}" if p >= 1e-4 else f"{p:.1e}"
+
+
+METRIC_WORDS = {"acc": "accuracy", "bpc": "bits per character"}
+
+
+def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFrame) -> list[str]:
+    """The report's summary in plain words: per task the winner(s) with interval and n, then
+    each significant corrected difference in one sentence (or why there is none)."""
+    out = []
+    for w in won.itertuples():
+        rows = table[table.task == w.task]
+        words = METRIC_WORDS.get(rows.metric.iloc[0], rows.metric.iloc[0])
+        if not w.winners:
+            out.append(f"On {w.task}, no configuration has a score.")
+            continue
+        if len(w.winners) > 1:
+            who = f"{len(w.winners)} configurations tie for the best {words}, " + _and(w.winners)
+        else:
+            who = f"the best {words} is {w.winners[0]}"
+        out.append(
+            f"On {w.task}, {who}: {_fmt(w.mean)} (95% interval "
+            f"{_fmt(w.ci_low)} to {_fmt(w.ci_high)}, {w.interval}; {w.n} seed"
+            f"{'s' if w.n != 1 else ''}); {w.verdict}."
+        )
+    significant = tests[tests.significant] if not tests.empty else tests
+    for c in significant.itertuples():
+        words = METRIC_WORDS.get(table[table.task == c.task].metric.iloc[0], "score")
+        a_better = c.better == c.a
+        win, lose = (c.label_a, c.label_b) if a_better else (c.label_b, c.label_a)
+        m_win, m_lose = (c.mean_a, c.mean_b) if a_better else (c.mean_b, c.mean_a)
+        diff, low, high = (c.diff, c.diff_low, c.diff_high) if a_better else (
+            -c.diff, -c.diff_high, -c.diff_low)  # fmt: skip
+        pi = c.p_improve if a_better else 1 - c.p_improve
+        where = f"{c.task}" + (f" at {c.sweep}" if c.sweep else "")
+        out.append(
+            f"On {where}, {win} beats {lose}: {words} {_fmt(m_win, 3)} vs {_fmt(m_lose, 3)} "
+            f"(difference {_fmt(diff, 3)}, 95% CI {_fmt(low, 3)} to {_fmt(high, 3)}; "
+            f"P(improvement) {pi:.2f}), paired p = {_p_text(c.p)} (exact permutation over seeds "
+            f"{_p_text(c.p_seed)}, test-set bootstrap {_p_text(c.p_boot)}), Holm-adjusted "
+            f"{_p_text(c.p_holm)}, {c.n} seeds."
+        )
+    if tests.empty:
+        out.append("There are no pairs of configurations to compare.")
+    elif significant.empty:
+        out.append("No difference is significant after correction: " + _why_none(tests) + ".")
+    return out
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _why_none(tests: pd.DataFrame) -> str:
+    """The most common reason among the comparisons, in words."""
+    reasons = tests.reason[tests.reason != ""]
+    if reasons.empty:
+        return "the differences are within seed-to-seed and test-set variation"
+    common = reasons.value_counts().index[0]
+    count = int((reasons == common).sum())
+    return f"{common} ({count} of {len(tests)} comparisons)"
+
+
 def representative_runs(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
     """Per task and attention kind: the final run with the median test score (the lower
     middle one for an even count) of that kind's best configuration, for the attention-map
@@ -355,11 +1059,14 @@ def representative_runs(exp: Experiment, table: pd.DataFrame) -> pd.DataFrame:
     ok = final[(final.outcome == "ok") & final.test.notna()]
     rows = []
     for (task, attention), configs in table[table.n > 0].groupby(["task", "attention"], sort=False):
-        best = configs.loc[best_index(configs, eligible_only=False)]
-        runs = ok[ok.run_id.isin(best.run_ids)].sort_values("test", kind="stable")
+        best = best_indices(configs)
+        if not best:
+            continue
+        chosen = configs.loc[best[0]]
+        runs = ok[ok.run_id.isin(chosen.run_ids)].sort_values("test", kind="stable")
         if runs.empty:
             continue
         run = runs.iloc[(len(runs) - 1) // 2]
-        rows.append([task, attention, config_label(best), run.run_id, run.run_name, run.test])
+        rows.append([task, attention, config_label(chosen), run.run_id, run.run_name, run.test])
     columns = ["task", "attention", "config", "run_id", "run_name", "test"]
     return pd.DataFrame(rows, columns=columns)

@@ -1,0 +1,470 @@
+"""The report's statistics (harness/report/stats.py) on synthetic runs written straight into a
+real MLflow store (SQLite in the test's folder) in the run schema, and read back by the report.
+
+No training: each test writes a few dozen runs (params, tags, test/val metrics and the
+`test_outcomes.json` artifact, exactly as the training side does) and checks what the report
+computes from them, end to end through `build_report` where the issue asks for it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from test_report import tables
+
+from harness.report import build_report, stats
+from harness.report.collect import collect
+
+N_TEST = 104  # text_cls's old test set: 0.7212 = 75/104
+
+
+# --------------------------------------------------------------------------- writing runs
+
+
+@dataclass
+class Run:
+    """One final run. `correct`: per test example, 1 if right (None: the run diverged)."""
+
+    attention: str
+    optimizer: str
+    seed: int
+    correct: np.ndarray | None
+    task: str = "text_cls"
+    sweep: dict[str, object] = field(default_factory=dict)
+    n_params: int = 10_000
+    chance: float | None = 0.25
+    outcomes: bool = True  # store test_outcomes.json
+    metric: str = "acc"
+    attn: dict[str, dict[int, float]] | None = None  # key -> {step: value}
+
+
+def write_experiment(client: MlflowClient, name: str, runs: list[Run]) -> None:
+    exp_id = client.create_experiment(name)
+    parent = client.create_run(exp_id, run_name=name, tags={"harness.grid": name})
+    client.log_param(parent.info.run_id, "protocol", "fixed")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    for run in runs:
+        _write(client, exp_id, parent.info.run_id, name, run)
+
+
+def _write(client: MlflowClient, exp_id: str, parent_id: str, grid: str, run: Run) -> None:
+    sweep = "".join(f"/{k}={v}" for k, v in sorted(run.sweep.items()))
+    diverged = run.correct is None
+    higher = run.metric != "bpc"
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        "harness.cell_id": f"{run.task}-{run.attention}-{run.optimizer}{sweep}-{run.seed}",
+        "harness.grid": grid,
+        "harness.phase": "final",
+        "harness.outcome": "diverged" if diverged else "ok",
+        "harness.metric": run.metric,
+        "harness.target": "0.8" if higher else "2.0",
+        "harness.higher_is_better": str(higher).lower(),
+        "harness.sweep": json.dumps(run.sweep),
+    }
+    name = f"{run.task}/{run.attention}/{run.optimizer}/lr=0.001{sweep}/seed={run.seed}"
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    params = {
+        "task": run.task,
+        "attention": run.attention,
+        "optimizer": run.optimizer,
+        "lr": "0.001",
+        "seed": str(run.seed),
+        "steps": "20",
+        "phase": "final",
+        "model.n_params": str(run.n_params),
+        "data.n_train": "512",
+        "data.n_val": str(N_TEST),
+        "data.n_test": str(N_TEST if diverged else len(run.correct)),
+    }
+    if run.chance is not None:
+        params["data.chance"] = str(run.chance)
+    metrics = []
+    if not diverged:
+        tokens = np.ones(len(run.correct), dtype=int)
+        loss = np.where(run.correct == 1, 0.2, 2.5)
+        score = (
+            float(run.correct.sum() / tokens.sum())
+            if run.metric == "acc"
+            else float(loss.sum() / tokens.sum() / math.log(2))
+        )
+        metrics += [
+            Metric(f"test/{run.metric}", score, 0, 20),
+            Metric(f"val/{run.metric}", score, 0, 20),
+        ]
+        if run.outcomes:
+            client.log_dict(
+                run_id,
+                {"n_tokens": tokens.tolist(), "correct": run.correct.astype(int).tolist(),
+                 "loss_nats": loss.tolist()},
+                "test_outcomes.json",
+            )  # fmt: skip
+    for key, points in (run.attn or {}).items():
+        metrics += [Metric(key, value, 0, step) for step, value in points.items()]
+    client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
+                     tags=[RunTag("harness.accelerator", "cpu")])  # fmt: skip
+    client.set_terminated(run_id, "FINISHED")
+
+
+def correct_with(n_right: int, seed: int, n: int = N_TEST) -> np.ndarray:
+    """A 0/1 vector with exactly n_right ones at random places."""
+    out = np.zeros(n, dtype=int)
+    out[np.random.default_rng(seed).choice(n, n_right, replace=False)] = 1
+    return out
+
+
+def analyse(client: MlflowClient, name: str):
+    exp = collect(client, name, "http://127.0.0.1:5000")
+    sc = stats.scores(exp)
+    table = stats.results_table(exp, sc)
+    return exp, sc, table
+
+
+def report_html(client: MlflowClient, name: str, tmp_path: Path) -> str:
+    out = tmp_path / f"report-{name}"
+    build_report(client, name, out, formats=("html",))
+    return (out / "report.html").read_text()
+
+
+def row_of(table, attention: str, optimizer: str = "adam"):
+    rows = table[(table.attention == attention) & (table.optimizer == optimizer)]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+# --------------------------------------------------------------------------- what the issue pins
+
+
+def test_two_seeds_of_constant_different_scores_are_not_significant_and_say_why(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """Issue 12's case: 75/104 vs 89/104 on both seeds used to be 'p < 0.0001'."""
+    runs = [Run("dot", "adam", s, correct_with(75, 10 + s)) for s in (1, 2)]
+    runs += [Run("multihead", "adam", s, correct_with(89, 20 + s)) for s in (1, 2)]
+    write_experiment(client, "two", runs)
+    html = report_html(client, "two", tmp_path)
+    ((row,),) = tables(html, "comparisons")
+    assert (row["A"], row["B"], row["n"]) == ("dot", "multihead", "2")
+    assert row["mean A"] == f"{75 / 104:.4f}" and row["mean B"] == f"{89 / 104:.4f}"
+    assert row["p seeds"] == "0.5000"  # the smallest two-sided p with 2 pairs: 2 / 2^2
+    assert float(row["p (Holm)"]) >= 0.5
+    assert row["result"] == "not significant"
+    needs = "with 1 comparison, an exact paired test needs at least 6 seeds (here 2)"
+    assert row["reason"] == needs
+    summary_text = html.split('id="results"')[0]
+    assert f"No difference is significant after correction: {needs}" in summary_text
+    (summary,) = tables(html, "summary")
+    assert summary[0]["winner"] == "multihead + adam" and summary[0]["n"] == "2"
+    assert summary[0]["how sure"] == (
+        "not significantly different from 1 of the other configuration: with 1 comparison "
+        "an exact paired test needs at least 6 seeds (here 2) (not different: dot + adam)"
+    )
+
+
+def test_six_seeds_of_clearly_separated_scores_are_significant(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    seeds = range(1, 7)
+    runs = [Run("dot", "adam", s, correct_with(70 + s % 3, 30 + s)) for s in seeds]
+    runs += [Run("multihead", "adam", s, correct_with(92 - s % 2, 40 + s)) for s in seeds]
+    write_experiment(client, "six", runs)
+    html = report_html(client, "six", tmp_path)
+    ((row,),) = tables(html, "comparisons")
+    assert row["n"] == "6" and row["p seeds"] == "0.0312"  # 2 / 2^6, exact
+    assert float(row["p test set"]) < 0.01
+    assert row["p"] == row["p seeds"] and row["p (Holm)"] == row["p seeds"]  # m = 1
+    assert row["result"] == "multihead better" and row["reason"] == ""
+    assert float(row["P(A>B)"]) == 0.0  # every dot run is worse than every multihead run
+    low, high = (float(x) for x in row["95% CI"].split(" – "))
+    assert low < float(row["A − B"]) < high < 0
+    assert "On text_cls, multihead + adam beats dot + adam: accuracy" in html
+    assert "No difference is significant" not in html
+
+
+def test_intervals_include_the_test_set_when_seeds_agree(client: MlflowClient) -> None:
+    """Constant scores over seeds used to give a zero-width interval; with a 104-example test
+    set the interval is about the binomial one, +-1.96 sqrt(p (1 - p) / 104) = +-8.6 points."""
+    same = correct_with(75, 7)
+    runs = [Run("dot", "adam", s, same.copy()) for s in (1, 2, 3)]
+    runs += [Run("multihead", "adam", s, correct_with(89, 8)) for s in (1, 2, 3)]
+    runs += [Run("additive", "adam", s, correct_with(80, 9), outcomes=False) for s in (1, 2, 3)]
+    runs += [Run("scaled_dot", "adam", 1, correct_with(80, 10))]
+    write_experiment(client, "wide", runs)
+    _, _, table = analyse(client, "wide")
+    dot = row_of(table, "dot")
+    p = 75 / 104
+    half = 1.96 * math.sqrt(p * (1 - p) / 104)
+    assert dot["mean"] == pytest.approx(p) and dot["std"] == 0.0
+    assert (dot.ci_high - dot.ci_low) / 2 == pytest.approx(half, rel=0.15)
+    assert dot.ci_low < p < dot.ci_high and dot.interval == "seeds and test set"
+    # no per-example outcomes: seed-only bootstrap, and it says so
+    additive = row_of(table, "additive")
+    assert additive.ci_low == additive.ci_high == pytest.approx(80 / 104)
+    assert additive.interval == "seeds only (test-set uncertainty not included)"
+    # one seed: the test set alone
+    single = row_of(table, "scaled_dot")
+    assert single.interval == "test set only (1 seed)" and single.ci_high - single.ci_low > 0.1
+
+
+def test_intervals_are_reproducible_and_wider_than_seed_noise_alone(client: MlflowClient) -> None:
+    runs = [Run("dot", "adam", s, correct_with(60 + 5 * s, s)) for s in (1, 2, 3, 4)]
+    write_experiment(client, "again", runs)
+    first = analyse(client, "again")[2]
+    second = analyse(client, "again")[2]
+    assert (first.ci_low[0], first.ci_high[0]) == (second.ci_low[0], second.ci_high[0])
+    scores = np.array([60 + 5 * s for s in (1, 2, 3, 4)]) / 104
+    seed_only = np.percentile(
+        np.random.default_rng(0).choice(scores, (4000, 4)).mean(axis=1), [2.5, 97.5]
+    )
+    assert first.ci_high[0] - first.ci_low[0] > seed_only[1] - seed_only[0]
+
+
+def test_exact_permutation_p_values_by_hand() -> None:
+    # n = 2: 4 sign assignments, two-sided p = 2 * 1/4
+    assert stats.sign_flip_p([0.86, 0.86], [0.72, 0.72]) == 0.5
+    # n = 6, all differences positive: 2 / 2^6
+    assert stats.sign_flip_p(np.ones(6), np.zeros(6)) == pytest.approx(0.03125)
+    # mixed signs: differences 3/8, 1/8, -1/8, 1/4 (sum 5/8); of the 16 sign assignments the
+    # sums >= 5/8 are 7/8, 5/8 (flip -1/8 -> +1/8 and 1/8 -> -1/8): 3 of 16, two-sided 6/16
+    d = np.array([0.375, 0.125, -0.125, 0.25])
+    assert stats.sign_flip_p(d + 0.5, np.full(4, 0.5)) == pytest.approx(6 / 16)
+    # brute force over all assignments for a random case
+    rng = np.random.default_rng(3)
+    d = rng.normal(0.1, 0.2, 7)
+    sums = [abs(np.dot(signs, d)) for signs in itertools.product([-1, 1], repeat=7)]
+    expected = np.mean(np.array(sums) >= abs(d.sum()) - 1e-12)
+    assert stats.sign_flip_p(d, np.zeros(7)) == pytest.approx(expected)
+    # never 0, and no test without variation or below two pairs
+    assert stats.sign_flip_p([0.7, 0.7], [0.7, 0.7]) == 1.0
+    assert math.isnan(stats.sign_flip_p([0.9], [0.1]))
+    # the number of seeds an exact test needs before Holm's first step can pass
+    assert [stats.seeds_needed(m) for m in (1, 3, 4, 48)] == [6, 7, 8, 11]
+    for m in (1, 3, 4, 48):
+        k = stats.seeds_needed(m)
+        assert 2.0 ** (1 - k) * m < 0.05 <= 2.0 ** (2 - k) * m
+
+
+def test_bootstrap_p_is_two_sided_and_never_zero() -> None:
+    assert stats.bootstrap_p(np.full(2000, 0.1)) == 1 / 2000
+    assert stats.bootstrap_p(np.zeros(100)) == 1.0
+    r = np.r_[np.full(30, -1.0), np.full(970, 1.0)]
+    assert stats.bootstrap_p(r) == pytest.approx(0.06)
+
+
+def test_a_difference_within_test_set_noise_is_not_called(client: MlflowClient) -> None:
+    """Intersection-union: 6 seeds where B is always better, by one example of 104: the exact
+    seed test alone would call it (p = 0.031); resampling the test set does not confirm it."""
+    runs = []
+    for s in range(1, 7):
+        a = correct_with(80, 50 + s)
+        b = a.copy()
+        b[np.flatnonzero(a == 0)[0]] = 1  # one more right answer, same examples otherwise
+        runs += [Run("dot", "adam", s, a), Run("scaled_dot", "adam", s, b)]
+    write_experiment(client, "iut", runs)
+    exp, sc, _ = analyse(client, "iut")
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.p_seed == pytest.approx(0.03125) and c.p_boot > 0.05
+    assert c.p == c.p_boot and not c.significant
+    assert c.reason == "within test-set sampling variation"
+
+
+def test_a_diverged_seed_counts_at_chance_everywhere(client: MlflowClient, tmp_path: Path) -> None:
+    """1 of 3 seeds alive at 0.95 (two diverged, chance 0.25) loses to 3 seeds at 0.90."""
+    runs = [Run("dot", "adam", 1, correct_with(99, 1))]  # 0.952
+    runs += [Run("dot", "adam", s, None) for s in (2, 3)]
+    runs += [Run("multihead", "adam", s, correct_with(94, s)) for s in (1, 2, 3)]  # 0.904
+    write_experiment(client, "div", runs)
+    exp, sc, table = analyse(client, "div")
+    dot = row_of(table, "dot")
+    assert (dot.n, dot.diverged) == (3, 2)
+    assert dot["mean"] == pytest.approx((99 / 104 + 0.25 + 0.25) / 3)
+    assert dot.ci_low < dot["mean"] < dot.ci_high
+    won = stats.winners(exp, table, sc)
+    assert won.winners[0] == ["multihead + adam"]
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.n == 3 and (c.diverged_a, c.diverged_b) == (2, 0)
+    assert c.diff == pytest.approx(dot["mean"] - 94 / 104)
+    assert c.p_seed == pytest.approx(stats.sign_flip_p([99 / 104, 0.25, 0.25], [94 / 104] * 3))
+    assert c.p_improve == pytest.approx(3 / 9)  # the alive seed beats all three
+    ranked = stats.ranking(table, sc)
+    assert ranked.config.tolist() == ["multihead + adam", "dot + adam"]
+    html = report_html(client, "div", tmp_path)
+    (results,) = tables(html, "results")
+    shown = next(r for r in results if r["attention"] == "dot")
+    assert (shown["n"], shown["diverged"]) == ("3", "2")
+    assert "diverged (counted at chance): dot + adam 2 of 3" in html  # a figure caption
+
+
+def test_without_a_recorded_chance_level_a_diverged_run_counts_as_zero_accuracy(
+    client: MlflowClient,
+) -> None:
+    runs = [Run("dot", "adam", 1, correct_with(90, 1), chance=None),
+            Run("dot", "adam", 2, None, chance=None)]  # fmt: skip
+    write_experiment(client, "nochance", runs)
+    _, sc, table = analyse(client, "nochance")
+    assert table["mean"][0] == pytest.approx(90 / 104 / 2)
+    assert any("data.chance is not recorded" in note for note in sc.notes)
+
+
+def test_ties_are_named_as_ties(client: MlflowClient, tmp_path: Path) -> None:
+    runs = []
+    for s in (1, 2, 3):
+        best = correct_with(100, s)
+        runs += [Run("dot", "adam", s, best), Run("multihead", "adam", s, best.copy()),
+                 Run("additive", "adam", s, correct_with(60, 10 + s))]  # fmt: skip
+    write_experiment(client, "tie", runs)
+    exp, sc, table = analyse(client, "tie")
+    won = stats.winners(exp, table, sc)
+    assert won.winners[0] == ["dot + adam", "multihead + adam"]
+    tests = stats.comparisons(exp, sc)
+    pair = tests[(tests.a == "dot") & (tests.b == "multihead")].iloc[0]
+    assert pair.better == "tie" and not pair.significant and pair.reason == "constant and equal"
+    ranked = stats.ranking(table, sc)
+    top = ranked.set_index("config")
+    assert top.mean_rank["dot + adam"] == top.mean_rank["multihead + adam"] == 1.5
+    assert top.tied_with["dot + adam"] == ["multihead + adam"]
+    html = report_html(client, "tie", tmp_path)
+    tie = "On text_cls, 2 configurations tie for the best accuracy, dot + adam and multihead + adam"
+    assert f"{tie}: {100 / 104:.4g} (95% interval" in html
+    (summary,) = tables(html, "summary")
+    assert summary[0]["winner"] == "dot + adam and multihead + adam (tie)"
+
+
+def test_fewer_than_two_paired_seeds_is_never_significant(client: MlflowClient) -> None:
+    runs = [Run("dot", "adam", 1, correct_with(10, 1)), Run("multihead", "adam", 1,
+            correct_with(104, 2)), Run("dot", "adam", 2, correct_with(12, 3)),
+            Run("multihead", "adam", 3, correct_with(103, 4))]  # fmt: skip
+    write_experiment(client, "one", runs)
+    exp, sc, _ = analyse(client, "one")
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.n == 1 and math.isnan(c.p) and math.isnan(c.p_holm)
+    assert not c.significant and c.reason == "n < 2 paired seeds"
+
+
+def test_probability_of_improvement_is_the_brute_force_count() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        x = rng.integers(0, 4, rng.integers(1, 7)) / 4
+        y = rng.integers(0, 4, rng.integers(1, 7)) / 4
+        for higher in (True, False):
+            better = [(a > b) if higher else (a < b) for a, b in itertools.product(x, y)]
+            equal = [a == b for a, b in itertools.product(x, y)]
+            expected = (np.sum(better) + 0.5 * np.sum(equal)) / (len(x) * len(y))
+            assert stats.prob_improvement(x, y, higher) == pytest.approx(expected)
+            reps = stats.prob_improvement_replicates(x[None, :], y[None, :], higher)
+            if len(x) == len(y):
+                assert reps[0] == pytest.approx(expected)
+
+
+def test_holm_steps_down_and_keeps_nan_out_of_the_family() -> None:
+    # Holm 1979: sorted p 0.01, 0.02, 0.04 with m = 3 -> 0.03, 0.04, 0.04 (monotone)
+    assert stats.holm([0.04, 0.01, math.nan, 0.02]) == pytest.approx(
+        [0.04, 0.03, math.nan, 0.04], nan_ok=True
+    )
+    assert stats.holm([0.9, 0.8]) == [1.0, 1.0]
+
+
+def test_ranking_intervals_and_friedman_only_from_three_tasks_and_three_configs(
+    client: MlflowClient,
+) -> None:
+    levels = {"dot": 70, "scaled_dot": 80, "multihead": 90}
+    runs = [
+        Run(kind, "adam", s, correct_with(level + 3 * t - s, 100 * t + 10 * s + i), task=task)
+        for t, task in enumerate(["copy", "reverse", "text_cls"])
+        for i, (kind, level) in enumerate(levels.items())
+        for s in (1, 2, 3)
+    ]
+    write_experiment(client, "rank", runs)
+    _, sc, table = analyse(client, "rank")
+    ranked = stats.ranking(table, sc)
+    assert ranked.config.tolist() == ["multihead + adam", "scaled_dot + adam", "dot + adam"]
+    assert ranked.mean_rank.tolist() == [1.0, 2.0, 3.0]
+    for r in ranked.itertuples():
+        assert r.rank_low <= r.mean_rank <= r.rank_high
+    assert ranked.p_best.sum() == pytest.approx(1.0) and ranked.p_best[0] > 0.9
+    info = stats.friedman(table, ranked)
+    assert info["done"] and (info["N"], info["k"]) == (3, 3)
+    assert info["cd"] == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 3)), rel=1e-3)  # Demsar
+    assert info["chi2"] == pytest.approx(6.0)  # perfect agreement: N (k - 1)
+    assert 0 < info["p_F"] <= info["p_chi2"] + 1e-12  # F infinite: falls back, never 0
+    assert ranked.within_cd.tolist() == [True, True, False]  # 3 - 1 = 2 >= CD 1.91
+    two_tasks = table[table.task != "copy"]
+    info = stats.friedman(two_tasks, stats.ranking(two_tasks, sc))
+    assert not info["done"] and "at least 3 tasks" in info["why_not"]
+
+
+def test_parameter_counts_more_than_ten_percent_apart_are_named(client: MlflowClient) -> None:
+    runs = [Run("dot", "adam", 1, correct_with(80, 1), n_params=10_000),
+            Run("scaled_dot", "adam", 1, correct_with(80, 2), n_params=10_500),
+            Run("additive", "adam", 1, correct_with(80, 3), n_params=12_000)]  # fmt: skip
+    write_experiment(client, "params", runs)
+    _, _, table = analyse(client, "params")
+    assert row_of(table, "additive").n_params == 12_000
+    (warning,) = stats.parameter_warnings(table)
+    assert "dot 10,000" in warning and "additive 12,000" in warning and "1.20" in warning
+    assert stats.parameter_warnings(table[table.attention != "additive"]) == []
+
+
+def test_lower_is_better_metrics_pick_the_lowest(client: MlflowClient) -> None:
+    """bpc: lower is better; replicates are recomputed from loss_nats."""
+    runs = [Run("dot", "adam", s, correct_with(50, s), metric="bpc", task="char_lm",
+                chance=4.5) for s in (1, 2)]  # fmt: skip
+    runs += [Run("multihead", "adam", s, correct_with(90, 10 + s), metric="bpc",
+                 task="char_lm", chance=4.5) for s in (1, 2)]  # fmt: skip
+    runs += [Run("additive", "adam", 1, None, metric="bpc", task="char_lm", chance=4.5)]
+    write_experiment(client, "bpc", runs)
+    exp, sc, table = analyse(client, "bpc")
+    assert stats.winners(exp, table, sc).winners[0] == ["multihead + adam"]
+    assert row_of(table, "additive")["mean"] == 4.5
+    multihead = row_of(table, "multihead")
+    assert multihead.ci_low < multihead["mean"] < multihead.ci_high
+    assert multihead.interval == "seeds and test set"
+
+
+def test_the_report_shows_sizes_chance_params_and_the_diagnostics_figure(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    runs = []
+    for d_k, kind, s in itertools.product((16, 64, 256), ("dot", "scaled_dot"), (1,)):
+        std = math.sqrt(d_k) if kind == "dot" else 1.0
+        attn = {"attn/logit_std/layer0": {0: std, 20: std * 1.1},
+                "attn/entropy/layer0": {0: 2.0 / std, 20: 1.5 / std}}  # fmt: skip
+        runs.append(Run(kind, "adam", s, correct_with(80, d_k + s), sweep={"model.d_k": d_k},
+                        attn=attn))  # fmt: skip
+    write_experiment(client, "facts", runs)
+    out = tmp_path / "facts"
+    build_report(client, "facts", out, formats=("html",))
+    html = (out / "report.html").read_text()
+    assert "examples: train 512, validation 104, test 104; chance level: 0.2500 (acc)" in html
+    (results,) = tables(html, "results")
+    assert {r["params"] for r in results} == {"10,000"}
+    assert (out / "figures" / "diagnostics-text_cls.png").stat().st_size > 5000
+    assert 'id="fig-diagnostics-text_cls"' in html
+    assert "How to read the statistics" in html and "Owen 2007" in html
+    assert "No Friedman test or critical difference" in html
+
+
+def test_a_task_with_many_comparisons_gets_enough_bootstrap_replicates() -> None:
+    """p_boot is at least 1/B: with m comparisons B must exceed m / alpha, or Holm's first step
+    could never pass whatever the data; B grows to 2 m / alpha where N_BOOT is too few."""
+    kinds = ["dot", "scaled_dot", "additive", "multihead"]
+    optimizers = ["adam", "adamw", "sgd", "rmsprop"]
+    points = [f"model.d_k={d}" for d in (8, 16, 32, 64, 128, 256)]
+    frame = pd.DataFrame(
+        [("copy", p, a, o) for p in points for a in kinds for o in optimizers],
+        columns=stats.KEY,
+    )
+    m = stats.family_size(frame)
+    assert m == 6 * (4 * 6 + 4 * 6)  # per point: 6 attention pairs x 4 + 6 optimizer pairs x 4
+    b = stats.replicates_for(m)
+    assert m / b < stats.ALPHA / 1.9 and b > stats.N_BOOT
+    assert stats.replicates_for(stats.family_size(frame[frame.sweep == points[0]])) == 2000
