@@ -19,6 +19,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from pypdf import PdfReader
+from scipy import stats as scipy_stats
 
 from harness.cli import main
 from harness.report import build_report
@@ -34,6 +35,7 @@ SECTIONS = [
 ]
 GRID = {
     "name": "rep",
+    "description": "Does multihead <b>beat</b> dot here?",
     "protocol": "tune_then_final",
     "tasks": [
         {"name": "copy", "params": {"length": 4, "n_train": 512}},
@@ -154,18 +156,20 @@ def _correct_rates(client: MlflowClient, runs: list, folder: Path) -> np.ndarray
     return np.array(rows, dtype=float)  # (runs, 2, examples)
 
 
-def _two_way_interval(outcomes: np.ndarray, draws: int = 4000) -> tuple[float, float]:
-    """Our own pigeonhole bootstrap (Owen 2007): seeds and examples drawn independently."""
+def _two_stage_interval(outcomes: np.ndarray, draws: int = 4000) -> tuple[float, float]:
+    """Our own interval: mean +- t_df sqrt(s^2 / n + v_test), v_test from an example-only
+    bootstrap (seeds fixed), df by Welch-Satterthwaite; clipped to [0, 1]."""
     rng = np.random.default_rng(123)
     n_runs, _, n_ex = outcomes.shape
+    scores = outcomes[:, 0].sum(axis=1) / outcomes[:, 1].sum(axis=1)
     means = np.empty(draws)
     for b in range(draws):
-        seeds = rng.integers(0, n_runs, n_runs)
-        examples = rng.integers(0, n_ex, n_ex)
-        picked = outcomes[seeds][:, :, examples].sum(axis=2)  # (runs, 2)
+        picked = outcomes[:, :, rng.integers(0, n_ex, n_ex)].sum(axis=2)  # (runs, 2)
         means[b] = np.mean(picked[:, 0] / picked[:, 1])
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
+    seed_part, test_part = np.var(scores, ddof=1) / n_runs, np.var(means, ddof=1)
+    df = (seed_part + test_part) ** 2 / (seed_part**2 / (n_runs - 1)) if seed_part else np.inf
+    half = scipy_stats.t.ppf(0.975, df) * np.sqrt(seed_part + test_part)
+    return max(0.0, scores.mean() - half), min(1.0, scores.mean() + half)
 
 
 # --------------------------------------------------------------------------- the tests
@@ -189,9 +193,9 @@ def test_every_number_of_the_results_table_is_recomputed_from_mlflow(
             assert row["mean"] == f"{np.mean(scores):.4f}"
             assert row["std"] == f"{np.std(scores, ddof=1):.4f}"
             assert row["params"] == f"{int(runs[0].data.params['model.n_params']):,}"
-            if diverged == 0:  # our own two-way bootstrap agrees within Monte Carlo error
+            if diverged == 0:  # our own two-stage interval agrees within Monte Carlo error
                 assert row["interval"] == "seeds and test set"
-                low, high = _two_way_interval(_correct_rates(client, runs, tmp_path))
+                low, high = _two_stage_interval(_correct_rates(client, runs, tmp_path))
                 slack = 0.005 + 0.35 * (high - low) / 2
                 assert float(row["CI low"]) == pytest.approx(low, abs=slack)
                 assert float(row["CI high"]) == pytest.approx(high, abs=slack)
@@ -265,6 +269,9 @@ def test_summary_names_a_winner_per_task_and_the_appendix_links_every_run(
     for run in final:
         assert f"#/experiments/{exp.experiment_id}/runs/{run.info.run_id}" in html
     assert "name: rep" in html and "protocol: tune_then_final" in html  # the grid spec
+    # The grid's question heads the summary, escaped like every string from MLflow.
+    summary_section = html[html.index('id="summary"') : html.index('id="results"')]
+    assert "Does multihead &lt;b&gt;beat&lt;/b&gt; dot here?" in summary_section
 
 
 def _copy_of(grid_store: Path, tmp_path: Path) -> tuple[MlflowClient, object]:

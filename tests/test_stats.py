@@ -165,8 +165,8 @@ def test_two_seeds_of_constant_different_scores_are_not_significant_and_say_why(
     (summary,) = tables(html, "summary")
     assert summary[0]["winner"] == "multihead + adam" and summary[0]["n"] == "2"
     assert summary[0]["how sure"] == (
-        "not significantly different from 1 of the other configuration: with 1 comparison "
-        "an exact paired test needs at least 6 seeds (here 2) (not different: dot + adam)"
+        "not significantly different from dot + adam (Holm p = 0.5; with 1 comparison, "
+        "an exact paired test needs at least 6 seeds (here 2))"
     )
 
 
@@ -180,7 +180,7 @@ def test_six_seeds_of_clearly_separated_scores_are_significant(
     html = report_html(client, "six", tmp_path)
     ((row,),) = tables(html, "comparisons")
     assert row["n"] == "6" and row["p seeds"] == "0.0312"  # 2 / 2^6, exact
-    assert float(row["p test set"]) < 0.01
+    assert float(row["p two-way bootstrap"]) < 0.01
     assert row["p"] == row["p seeds"] and row["p (Holm)"] == row["p seeds"]  # m = 1
     assert row["result"] == "multihead better" and row["reason"] == ""
     assert float(row["P(A>B)"]) == 0.0  # every dot run is worse than every multihead run
@@ -274,7 +274,7 @@ def test_a_difference_within_test_set_noise_is_not_called(client: MlflowClient) 
     (c,) = stats.comparisons(exp, sc).itertuples()
     assert c.p_seed == pytest.approx(0.03125) and c.p_boot > 0.05
     assert c.p == c.p_boot and not c.significant
-    assert c.reason == "within test-set sampling variation"
+    assert c.reason == "not confirmed by the two-way bootstrap (seeds and test set)"
 
 
 def test_a_diverged_seed_counts_at_chance_everywhere(client: MlflowClient, tmp_path: Path) -> None:
@@ -333,10 +333,13 @@ def test_ties_are_named_as_ties(client: MlflowClient, tmp_path: Path) -> None:
     assert top.mean_rank["dot + adam"] == top.mean_rank["multihead + adam"] == 1.5
     assert top.tied_with["dot + adam"] == ["multihead + adam"]
     html = report_html(client, "tie", tmp_path)
-    tie = "On text_cls, 2 configurations tie for the best accuracy, dot + adam and multihead + adam"
-    assert f"{tie}: {100 / 104:.4g} (95% interval" in html
+    tie = "On text_cls, 2 configurations tie for the best accuracy, dot + adam"
+    assert f"{tie} {100 / 104:.4g} (95% interval" in html
+    assert f"multihead + adam {100 / 104:.4g} (95% interval" in html
     (summary,) = tables(html, "summary")
-    assert summary[0]["winner"] == "dot + adam and multihead + adam (tie)"
+    assert [r["winner"] for r in summary] == ["dot + adam (tie)", "multihead + adam (tie)"]
+    assert summary[0]["95% interval"] == summary[1]["95% interval"]  # each its own interval
+    assert "tied with multihead + adam" in summary[0]["how sure"]
 
 
 def test_fewer_than_two_paired_seeds_is_never_significant(client: MlflowClient) -> None:
@@ -468,3 +471,142 @@ def test_a_task_with_many_comparisons_gets_enough_bootstrap_replicates() -> None
     b = stats.replicates_for(m)
     assert m / b < stats.ALPHA / 1.9 and b > stats.N_BOOT
     assert stats.replicates_for(stats.family_size(frame[frame.sweep == points[0]])) == 2000
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_the_winner_is_judged_only_by_the_pre_specified_comparisons(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """2 attention kinds x 2 optimizers, 7 seeds, one configuration ahead everywhere. Section 4
+    has m = 4 comparisons, so 7 seeds cannot pass Holm's first step (2^-6 * 4 > 0.05); a
+    separate winner-vs-each family (m = 3) would have called the winner significantly better."""
+    runs = []
+    for s in range(1, 8):
+        runs += [Run("multihead", "adam", s, correct_with(95 - s % 2, 10 * s)),
+                 Run("multihead", "sgd", s, correct_with(70 + s % 3, 10 * s + 1)),
+                 Run("dot", "adam", s, correct_with(72 + s % 2, 10 * s + 2)),
+                 Run("dot", "sgd", s, correct_with(60 + s % 3, 10 * s + 3))]  # fmt: skip
+    write_experiment(client, "post", runs)
+    html = report_html(client, "post", tmp_path)
+    section4 = [row for table in tables(html, "comparisons") for row in table]
+    assert len(section4) == 4 and not any(r["result"].endswith("better") for r in section4)
+    summary_text = html[html.index('id="summary"') : html.index('id="results"')]
+    assert "significantly better" not in summary_text
+    ((row,),) = tables(html, "summary")
+    assert row["winner"] == "multihead + adam" and row["n"] == "7"
+    how = row["how sure"]
+    assert how.startswith("not significantly different from ")
+    assert "dot + adam (Holm p = " in how and "multihead + sgd (Holm p = " in how
+    assert "needs at least 8 seeds (here 7)" in how
+    assert how.endswith("not compared directly with dot + sgd (they differ in two factors)")
+
+
+def test_values_equal_to_rounding_error_tie_everywhere() -> None:
+    assert stats.prob_improvement([0.1 + 0.2] * 3, [0.3] * 3, True) == 0.5
+    reps = stats.prob_improvement_replicates(np.full((2, 3), 0.1 + 0.2), np.full((2, 3), 0.3), True)
+    assert reps.tolist() == [0.5, 0.5]
+    assert stats._ranks(np.array([[0.1 + 0.2, 0.3, 0.1]]), True).tolist() == [[1.5, 1.5, 3.0]]
+    n, b = 3, 10
+
+    def config(attention: str, value: float) -> stats.Config:
+        return stats.Config(("t", "", attention, "adam"), True, [1, 2, 3], ["a", "b", "c"],
+                            np.full(n, value), np.zeros(n, bool), np.ones(n, bool),
+                            np.full((b, n), value),
+                            np.random.default_rng(0).random((b, n)))  # fmt: skip
+
+    c = stats.compare(config("dot", 0.1 + 0.2), config("multihead", 0.3))
+    assert c["constant_equal"] and c["p_seed"] == 1.0 and c["p_improve"] == 0.5
+    table = pd.DataFrame(
+        {"task": "t", "sweep": "", "attention": ["dot", "multihead", "additive"],
+         "optimizer": "adam", "mean": [0.685897435897436, 0.6858974358974358, 0.5],
+         "higher_is_better": True}
+    )  # fmt: skip
+    ranked = stats.ranking(table).set_index("config")
+    assert ranked.mean_rank["dot + adam"] == ranked.mean_rank["multihead + adam"] == 1.5
+    assert ranked.tied_with["dot + adam"] == ["multihead + adam"]
+
+
+def test_two_seeds_without_test_noise_get_the_t_interval_with_one_degree_of_freedom(
+    client: MlflowClient,
+) -> None:
+    low, high = stats.two_stage_interval([0.70, 0.80], np.full(50, 0.75))
+    assert (low, high) == pytest.approx((0.75 - 12.706 * 0.05, 0.75 + 12.706 * 0.05), abs=1e-3)
+    runs = [Run("dot", "adam", s, correct_with(k, s, n=10), outcomes=False)
+            for s, k in ((1, 7), (2, 8))]  # fmt: skip
+    write_experiment(client, "t1", runs)
+    table = analyse(client, "t1")[2]
+    dot = row_of(table, "dot")
+    assert dot.ci_low == pytest.approx(0.75 - 12.706 * 0.05, abs=1e-3)
+    assert dot.ci_high == 1.0  # clipped to accuracy's range
+    assert dot.interval == "seeds only (test-set uncertainty not included)"
+
+
+def test_exact_sign_flip_p_on_quantized_differences_matches_rational_enumeration() -> None:
+    from fractions import Fraction
+
+    assert stats.sign_flip_p(np.array([-1, -2, 2]) / 104, np.zeros(3)) == 1.0
+    rng = np.random.default_rng(11)
+    for _ in range(30):
+        n = int(rng.integers(2, 9))
+        k = rng.integers(-3, 4, n)
+        a = rng.integers(60, 90, n)
+        x, y = a / 104, (a - k) / 104  # differences k/104 as the float subtraction makes them
+        exact = [Fraction(int(v), 104) for v in k]
+        observed = abs(sum(exact))
+        count = sum(
+            abs(sum(s * v for s, v in zip(signs, exact, strict=True))) >= observed
+            for signs in itertools.product([-1, 1], repeat=n)
+        )
+        expected = 1.0 if not any(k) else count / 2**n
+        assert stats.sign_flip_p(x, y) == pytest.approx(expected, abs=1e-12)
+    # beyond EXACT_MAX_SEEDS: random sign vectors, never 0, reproducible
+    d = np.ones(20)
+    p = stats.sign_flip_p(d, np.zeros(20))
+    assert p == pytest.approx(1 / (1 + stats.RANDOM_RESAMPLES)) and p == stats.sign_flip_p(d, 0 * d)
+
+
+def test_seeds_needed_counts_only_nonzero_differences(client: MlflowClient) -> None:
+    """7 seeds, but B equals A on 2 of them: 5 nonzero differences, smallest p 2^-4 > 0.05."""
+    runs = []
+    for s in range(1, 8):
+        a = correct_with(70, 60 + s)
+        b = a.copy() if s <= 2 else correct_with(95, s)
+        runs += [Run("dot", "adam", s, a), Run("multihead", "adam", s, b)]
+    write_experiment(client, "zeros", runs)
+    exp, sc, _ = analyse(client, "zeros")
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.n == 7 and c.n_nonzero == 5 and c.p_seed == pytest.approx(2.0**-4)
+    assert not c.significant
+    assert c.reason == (
+        "with 1 comparison, an exact paired test needs at least 6 seeds with a nonzero paired "
+        "difference (here 5 of 7)"
+    )
+
+
+def test_a_finished_run_with_a_nan_test_score_counts_at_chance(client: MlflowClient) -> None:
+    runs = [Run("dot", "adam", s, correct_with(90, s)) for s in (1, 2)]
+    write_experiment(client, "nan", runs)
+    exp = collect(client, "nan", "http://127.0.0.1:5000")
+    exp.runs.loc[exp.runs.run_name.str.endswith("seed=2"), "test"] = math.nan  # no score
+    sc = stats.scores(exp)
+    table = stats.results_table(exp, sc)
+    dot = row_of(table, "dot")
+    assert (dot.runs, dot.n, dot.diverged) == (2, 2, 1)
+    assert dot["mean"] == pytest.approx((90 / 104 + 0.25) / 2)
+    assert any("no finite test score" in note for note in sc.notes)
+
+
+def test_critical_difference_groups_only_when_friedman_rejects() -> None:
+    rows = []
+    for t, task in enumerate(["a", "b", "c"]):
+        for i, kind in enumerate(["dot", "scaled_dot", "multihead"]):
+            rows.append((task, "", kind, "adam", (i + t) % 3 / 10, True))  # a Latin square
+    table = pd.DataFrame(rows, columns=[*stats.KEY, "mean", "higher_is_better"])
+    ranked = stats.ranking(table)
+    info = stats.friedman(table, ranked)
+    assert info["done"] and not info["significant"] and info["top_group"] == []
+    assert ranked.within_cd.isna().all()
+    assert set(info["mean_ranks"].values()) == {2.0}
+    assert info["ranks_text"].count("2.00") == 3

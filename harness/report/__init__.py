@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow import MlflowClient
 
 import harness
@@ -71,7 +72,7 @@ def build_report(
     scored = stats.scores(exp)
     table = stats.results_table(exp, scored)
     tests = stats.comparisons(exp, scored)
-    winners = stats.winners(exp, table, scored)
+    winners = stats.winners(exp, table, scored, tests)
     ranking = stats.ranking(table, scored)
     friedman = stats.friedman(table, ranking)
     ratios = stats.profile_ratios(table)
@@ -87,9 +88,10 @@ def build_report(
         raise UserError(_cannot_write(out, err)) from None
     try:
         started = time.perf_counter()
+        cd = friedman.get("cd") if friedman.get("significant") else None  # groups only then
         with progress.stage("drawing figures", figure_count(exp, table)) as step:
             figures = draw_all(exp, table, profile, work / "figures", step=lambda: step(1),
-                               ranked=ranking, cd=friedman.get("cd"))  # fmt: skip
+                               ranked=ranking, cd=cd)  # fmt: skip
         gallery = _gallery(client, exp, table, work / "figures")
         timings["figures"] = time.perf_counter() - started
 
@@ -199,6 +201,7 @@ def _context(
         "experiment": {"name": exp.name, "id": exp.id},
         "grid_name": grid_name if parent else "(no grid: runs from harness train)",
         "protocol": parent.get("params", {}).get("protocol", "unknown"),
+        "question": _grid_description(parent.get("grid_yaml")),
         "counts": {
             "final": int((exp.final.phase == "final").sum()),
             "tune": len(exp.tune),
@@ -247,6 +250,16 @@ def _context(
     }
 
 
+def _grid_description(grid_yaml: str | None) -> str:
+    """The grid's `description:` (what it asks), from the parent's grid.yaml; "" if none."""
+    try:
+        spec = yaml.safe_load(grid_yaml or "")
+    except yaml.YAMLError:
+        return ""
+    text = spec.get("description") if isinstance(spec, dict) else None
+    return " ".join(text.split()) if isinstance(text, str) else ""
+
+
 def _lr(value: float | None) -> str:
     return "—" if value is None or pd.isna(value) else f"{value:g}"
 
@@ -279,6 +292,7 @@ def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
                 "metric_text": _metric_text(first),
                 "target_text": f"{first.metric} {comparator} {first.target:g}",
                 "has_sweep": bool((rows.sweep != "").any()),
+                "runs_differ": bool((rows.runs != rows.n).any()),
                 "facts": _task_facts(rows),
                 "rows": [
                     {
@@ -374,6 +388,7 @@ def _statistics_context(
         "no_outcomes": [stats.config_label(r) + f" ({r.task})" for r in lacking.itertuples()],
         "friedman": friedman,
         "n_boot": stats.N_BOOT,
+        "boot_p_name": stats.BOOT_P_NAME,
         "exact_max": stats.EXACT_MAX_SEEDS,
     }
 

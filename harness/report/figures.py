@@ -86,7 +86,7 @@ def heatmap(table: pd.DataFrame, task: str) -> Figure:
 
 
 def point_plot(table: pd.DataFrame, task: str) -> Figure:
-    """Mean test metric with its two-way bootstrap 95% interval (the results table's numbers),
+    """Mean test metric with its 95% interval (seed plus test-set variance; the results table's),
     per optimizer and attention kind, a panel per sweep point."""
     rows = table[table.task == task]
     sweeps = list(dict.fromkeys(rows.sweep))
@@ -438,8 +438,8 @@ def draw_all(
     folder.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid", context="paper")
     jobs: list[tuple[str, str, str, str | None, Callable[[], Figure | None]]] = []
-    interval = ("95% interval from the two-way bootstrap over seeds and test examples (the "
-                "results table's numbers); diverged runs count at chance.")  # fmt: skip
+    interval = ("95% interval from the seed and test-set variance, mean ± t·√(s²/n + v_test) "
+                "(the results table's numbers); diverged runs count at chance.")  # fmt: skip
     for task in dict.fromkeys(table.task):
         metric = metric_label(table[table.task == task].metric.iloc[0])
         n = n_caption(table, task)

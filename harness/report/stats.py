@@ -10,31 +10,45 @@ task's chance level (param `data.chance`: chance accuracy, or the unigram bpc). 
 param (older runs) it scores 0.0 accuracy, or the worst finite score seen on the task, and the
 report says so. Failed, killed and missing cells are not scores; section 5 lists them.
 
-Intervals: the two-way ("pigeonhole") bootstrap of Owen (2007, "The pigeonhole bootstrap",
-Ann. Appl. Stat. 1(2):386-411), over seeds AND test examples. Each of `N_BOOT` replicates draws
-seeds with replacement and, independently, test-example indices with replacement; the
-replicate's value is the mean over the drawn seeds of each run's metric recomputed on the drawn
-examples from its `test_outcomes.json` (a diverged seed keeps its constant chance score). The
-95% interval is the percentile interval. Every configuration of a task sees the same example
-draws and the same seed draws (by position in seed order), so differences are coherent. A run
-without per-example outcomes contributes its constant score (seed-only uncertainty, said in the
-report); with one seed the interval is test-set only. The generator is seeded (`BOOT_SEED`, and
-the task's name), so a report is reproducible. Owen's estimate is slightly conservative.
+Intervals of a configuration's mean, a stated parametric method built on the two variance
+components of a two-stage sample (seeds, then test examples; Cochran 1977, "Sampling
+Techniques", 3rd ed., ch. 10): mean +- t_df sqrt(s_seed^2 / n + v_test), where s_seed^2 is the
+sample variance (ddof 1) of the per-seed scores and v_test the variance of the configuration
+mean over example-only bootstrap replicates (`N_BOOT` draws of the test examples with
+replacement, seeds held fixed; each run's metric recomputed on the drawn examples from its
+`test_outcomes.json`; a diverged seed keeps its constant chance score). df is Welch-
+Satterthwaite's with v_test taken as known (it rests on the whole test set): n - 1 when the
+seeds dominate, large when the test set does. The seed bootstrap this replaces under-covered
+at 2 to 4 seeds (62%, 81%, 84% when seed variance dominates). One seed: the percentile
+interval of the example bootstrap ("test set only (1 seed)"). Runs without per-example
+outcomes: v_test = 0 ("seeds only"). The mean's interval is clipped to the metric's range
+([0, 1] accuracy, [0, inf) bpc). Paired differences alike: dbar +- t_df sqrt(s_d^2 / n +
+v_test(dbar)). Every configuration of a task sees the same example draws, so differences are
+coherent; the generator is seeded (`BOOT_SEED`, and the task's name): a report is
+reproducible.
+
+The two-way ("pigeonhole") bootstrap of Owen (2007, "The pigeonhole bootstrap", Ann. Appl.
+Stat. 1(2):386-411) draws seeds with replacement (by position in seed order, shared by all
+configurations of a task) and, independently, the same test examples: it gives p_boot, the
+interval of P(A > B), and the rank intervals and P(rank 1). Below 5 seeds these understate
+seed-to-seed variation (a seed bootstrap of few seeds is too narrow), and the report says so.
 
 Comparisons A vs B (same task and sweep point: attention kinds within an optimizer, optimizers
 within an attention kind), on the seeds both have:
-- effect sizes: diff = mean_A - mean_B with its two-way bootstrap interval; the probability of
+- effect sizes: diff = mean_A - mean_B with its two-stage interval (above); the probability of
   improvement P(A > B) of Agarwal et al. (2021, "Deep reinforcement learning at the edge of the
   statistical precipice", NeurIPS; the `rliable` library): the share of (A run, B run) pairs in
   which A is better, ties counting half, i.e. the Mann-Whitney U over n_A n_B
-  (scipy.stats.mannwhitneyu), with its interval from the same bootstrap replicates.
-- p_seed: the exact two-sided paired sign-flip permutation test of the mean difference
-  (scipy.stats.permutation_test, permutation_type="samples": all 2^n swaps up to
-  `EXACT_MAX_SEEDS` seeds, `RANDOM_RESAMPLES` random ones beyond). Valid at any n; its smallest
-  value is 2^(1-n) (0.5 with 2 seeds, 0.03125 with 6). No test below 2 seeds; all differences
-  zero gives p = 1. No p-value here is ever 0.
-- p_boot: the two-sided bootstrap p of the difference (twice the smaller share of replicates
-  on either side of 0, at least 1/B): does the difference survive resampling the test set?
+  (scipy.stats.mannwhitneyu), with its interval from the two-way bootstrap replicates.
+- p_seed: the exact two-sided paired sign-flip permutation test of the mean difference: all
+  2^n sign assignments enumerated up to `EXACT_MAX_SEEDS` seeds, `RANDOM_RESAMPLES` random
+  ones beyond (p = (1 + count) / (1 + R)), on differences rounded to 12 decimals. Valid at any
+  n; its smallest value is 2^(1-n') with n' the NONZERO differences (0.5 with 2, 0.03125 with
+  6; a zero difference cannot change sign). No test below 2 seeds; all differences zero gives
+  p = 1. No p-value here is ever 0.
+- p_boot, the "two-way bootstrap (seeds and test set)" p: twice the smaller share of two-way
+  bootstrap replicates on either side of 0, at least 1/B: does the difference survive
+  resampling both the seeds and the test set?
   B is N_BOOT, or 2 m / ALPHA on a task with m comparisons when that is more, so that the
   floor 1/B never decides a Holm-corrected test.
 - p = max(p_seed, p_boot): an intersection-union test (Berger 1982, "Multiparameter hypothesis
@@ -42,11 +56,16 @@ within an attention kind), on the seeds both have:
   survives both; the level stays alpha because each part is a level-alpha test.
 - Holm's step-down correction (Holm 1979, Scand. J. Statist. 6(2)) over all comparisons of a
   task (the family is the task); significant = Holm-adjusted p < ALPHA. With m comparisons the
-  first Holm step needs 2^(1-n) m < ALPHA, hence "needs at least k seeds".
-- equal means (to 1e-12, relative) are a tie: named, never a winner over each other.
+  first Holm step needs 2^(1-n') m < ALPHA, hence "needs at least k seeds" (n': the nonzero
+  paired differences).
+- ties: values equal to 12 decimals (`snap`; `is_tie`: 1e-12 relative) are equal everywhere:
+  tied means are named, never a winner over each other; ranks and P(A > B) count them as ties.
 
-Winners: per task, every configuration with the best mean (ties all named), and those not
-significantly different from it (winner-vs-each comparisons, Holm within that family).
+Winners: per task, every configuration with the best mean (ties all named, each with its own
+interval) and, for each, what its pre-specified comparisons above say (significant or not,
+Holm over the task); configurations differing from it in two factors are "not compared
+directly". No winner-against-each test: chosen after seeing the means, it would be a
+post-selection test.
 
 Ranking across tasks (Demsar 2006, "Statistical comparisons of classifiers over multiple data
 sets", JMLR 7): per task configurations are ranked by mean (ties share the average rank; a
@@ -54,7 +73,10 @@ configuration absent from a task ranks last), then averaged over tasks. The 95% 
 mean rank and P(rank 1) come from the same stratified (per task) two-way bootstrap replicates.
 With N >= 3 tasks and k >= 3 configurations present on every task: the Friedman test
 (scipy.stats.friedmanchisquare) with the Iman-Davenport F correction, and the Nemenyi critical
-difference CD = q_alpha sqrt(k (k + 1) / (6 N)), q_alpha = studentized range(0.95; k, inf)/sqrt(2).
+difference CD = q_alpha sqrt(k (k + 1) / (6 N)), q_alpha = studentized range(0.95; k, inf)/sqrt(2),
+whose groups are drawn only when the Friedman (Iman-Davenport) test rejects at ALPHA; else the
+configurations are said to be not distinguishable. CD applies to the Friedman ranks (over the
+configurations complete on every task), shown beside it.
 
 Fair-comparison check: configurations compared within a task and sweep point whose parameter
 counts (`model.n_params`) differ by more than 10% are named (the rule of Long Range Arena, Tay
@@ -97,6 +119,7 @@ RANDOM_RESAMPLES = 9999
 TIE_RTOL = 1e-12  # equal means (relative): a tie
 PARAMS_TOLERANCE = 0.10  # Long Range Arena's rule for comparable parameter counts
 LN2 = math.log(2.0)
+BOOT_P_NAME = "two-way bootstrap (seeds and test set)"  # what p_boot is, in words
 
 
 # --------------------------------------------------------------------------- small pieces
@@ -131,32 +154,36 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted.tolist()
 
 
+def snap(values: Any) -> np.ndarray:
+    """Values rounded to 12 decimals, so that values equal within rounding error (0.1 + 0.2
+    and 0.3) compare equal in ranks, P(A > B) and ties, as `is_tie` treats them."""
+    return np.round(np.asarray(values, dtype=float), 12)
+
+
 def sign_flip_p(a: Sequence[float], b: Sequence[float], seed: int = BOOT_SEED) -> float:
     """Exact two-sided paired sign-flip permutation p of mean(a - b) (a[i], b[i]: one seed).
 
-    NaN below two pairs; 1 when every difference is zero. Exact (all 2^n swaps) up to
-    EXACT_MAX_SEEDS pairs, else RANDOM_RESAMPLES random swaps (p never below 1/(R + 1))."""
+    The differences are rounded to 12 decimals (so k/104 differences are exact), and a sign
+    assignment counts when |its mean| >= |observed mean| - 1e-12. NaN below two pairs; 1 when
+    every difference is zero. Exact (all 2^n sign assignments, enumerated) up to
+    EXACT_MAX_SEEDS pairs, else RANDOM_RESAMPLES random sign vectors from a fixed generator,
+    p = (1 + count) / (1 + R)."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.size < 2:
         return math.nan
-    d = x - y
-    if np.all(np.abs(d) <= TIE_RTOL * np.maximum(np.abs(x), np.abs(y))):
+    d = snap(x - y)
+    if np.all(d == 0):
         return 1.0
-    exact = x.size <= EXACT_MAX_SEEDS
-    result = st.permutation_test(
-        (x, y),
-        _mean_difference,
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=np.inf if exact else RANDOM_RESAMPLES,
-        alternative="two-sided",
-        rng=np.random.default_rng(seed),
-    )
-    return float(min(1.0, result.pvalue))
-
-
-def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-    return np.mean(x - y, axis=axis)
+    n = d.size
+    observed = abs(d.mean())
+    if n <= EXACT_MAX_SEEDS:
+        signs = 1 - 2 * ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1)
+        count = int(np.sum(np.abs(signs @ d) / n >= observed - 1e-12))
+        return min(1.0, count / 2**n)
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(RANDOM_RESAMPLES, n))
+    count = int(np.sum(np.abs(signs @ d) / n >= observed - 1e-12))
+    return min(1.0, (1 + count) / (1 + RANDOM_RESAMPLES))
 
 
 def bootstrap_p(diffs: np.ndarray) -> float:
@@ -175,7 +202,7 @@ def bootstrap_p(diffs: np.ndarray) -> float:
 def prob_improvement(a: Sequence[float], b: Sequence[float], higher_is_better: bool) -> float:
     """P(A > B) of Agarwal et al. 2021: over all (a_i, b_j) pairs, 1 when a_i is better, 1/2
     when equal; the Mann-Whitney U of A over n_A n_B."""
-    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    x, y = snap(a), snap(b)
     if x.size == 0 or y.size == 0:
         return math.nan
     if not higher_is_better:
@@ -190,6 +217,7 @@ def prob_improvement(a: Sequence[float], b: Sequence[float], higher_is_better: b
 
 def prob_improvement_replicates(xr: np.ndarray, yr: np.ndarray, higher: bool) -> np.ndarray:
     """P(A > B) of every replicate: xr, yr are (B, n) replicate scores of the drawn seeds."""
+    xr, yr = snap(xr), snap(yr)
     if not higher:
         xr, yr = -xr, -yr
     x, y = xr[:, :, None], yr[:, None, :]
@@ -203,6 +231,44 @@ def seeds_needed(m: int, alpha: float = ALPHA) -> int:
     while 2.0 ** (1 - n) * max(m, 1) >= alpha:
         n += 1
     return n
+
+
+def two_stage_interval(
+    per_seed: Sequence[float], test_replicates: np.ndarray, level: float = CONFIDENCE
+) -> tuple[float, float]:
+    """(low, high) of the mean of `per_seed` (n >= 2): mean +- t_df sqrt(s^2 / n + v_test).
+
+    s^2: the sample variance (ddof 1) of the per-seed values; v_test: the variance of the
+    mean over example-only bootstrap replicates (seeds held fixed; 0 without outcomes). The two
+    variance components of a two-stage sample (Cochran 1977, "Sampling Techniques", ch. 10);
+    df by Welch-Satterthwaite with v_test taken as known (it rests on thousands of examples):
+    df = (s^2/n + v_test)^2 / ((s^2/n)^2 / (n - 1)), which is n - 1 when the seeds dominate
+    (0.70 and 0.80: 0.75 +- 12.706 * 0.05) and tends to the normal when the test set does."""
+    x = np.asarray(per_seed, dtype=float)
+    n = x.size
+    if n < 2:
+        return math.nan, math.nan
+    mean = float(x.mean())
+    seed_part = float(np.var(x, ddof=1)) / n if np.ptp(snap(x)) > 0 else 0.0
+    r = np.asarray(test_replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    test_part = float(np.var(r, ddof=1)) if r.size > 1 and np.ptp(snap(r)) > 0 else 0.0
+    total = seed_part + test_part
+    if total <= 0:
+        return mean, mean
+    tail = 1 - (1 - level) / 2
+    if seed_part == 0:
+        q = float(st.norm.ppf(tail))
+    else:
+        df = total**2 / (seed_part**2 / (n - 1))
+        q = float(st.t.ppf(tail, df))
+    half = q * math.sqrt(total)
+    return mean - half, mean + half
+
+
+def metric_range(metric: str) -> tuple[float, float]:
+    """Where a metric's values live: accuracy in [0, 1], bits per character in [0, inf)."""
+    return {"acc": (0.0, 1.0), "bpc": (0.0, math.inf)}.get(metric, (-math.inf, math.inf))
 
 
 def seed_draws(uniforms: np.ndarray, n: int) -> np.ndarray:
@@ -248,6 +314,16 @@ class Config:
             return np.full(len(self.uniforms), math.nan)
         idx = seed_draws(self.uniforms, self.n)
         return np.take_along_axis(self.reps, idx, axis=1).mean(axis=1)
+
+    def interval(self) -> tuple[float, float]:
+        """95% interval of the mean: two seeds or more, the two-stage interval (seed variance
+        plus the example-only bootstrap variance of the mean); one seed, the percentile
+        interval of the example bootstrap (test set only); NaN without either."""
+        if self.n == 0 or (self.n == 1 and not self.with_outcomes.all()):
+            return math.nan, math.nan
+        if self.n == 1:
+            return percentile_interval(self.reps[:, 0])
+        return two_stage_interval(self.scores, self.reps.mean(axis=1))
 
     def interval_kind(self) -> str:
         """What the interval includes, in words."""
@@ -316,9 +392,8 @@ def scores(exp: Experiment, n_boot: int = N_BOOT) -> Scores:
 
 
 def family_size(runs: pd.DataFrame) -> int:
-    """The larger Holm family of a task's runs: the comparisons `comparisons` makes (attention
-    kinds within each optimizer, optimizers within each attention kind, per sweep point), or
-    the winner against each other configuration."""
+    """The Holm family size of a task's runs: the comparisons `comparisons` makes (attention
+    kinds within each optimizer, optimizers within each attention kind, per sweep point)."""
     configs = runs[KEY].drop_duplicates()
     m = 0
     for _, point in configs.groupby("sweep", sort=False):
@@ -326,7 +401,7 @@ def family_size(runs: pd.DataFrame) -> int:
             for _, same in point.groupby(within, sort=False):
                 k = same[axis].nunique()
                 m += k * (k - 1) // 2
-    return max(m, len(configs) - 1)
+    return m
 
 
 def replicates_for(m: int, n_boot: int = N_BOOT) -> int:
@@ -335,10 +410,21 @@ def replicates_for(m: int, n_boot: int = N_BOOT) -> int:
 
 
 def _scored_runs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """The runs that have a score: ok with a finite test metric, and diverged (at chance)."""
+    """The runs that have a score: ok with a finite test metric, and diverged (at chance).
+    A finished (ok) run whose test score is NaN or infinite also scores at chance, counted
+    with the diverged runs, and a note names it: it is never dropped."""
     task = runs.task.iloc[0]
-    ok = runs[(runs.outcome == "ok") & np.isfinite(runs.test.astype(float))]
-    diverged = runs[runs.outcome == "diverged"]
+    finished = runs[runs.outcome == "ok"]
+    finite = np.isfinite(finished.test.astype(float))
+    ok, unscored = finished[finite], finished[~finite]
+    diverged = pd.concat([runs[runs.outcome == "diverged"], unscored])
+    if not unscored.empty:
+        names = ", ".join(str(n) for n in unscored.run_name)
+        notes.append(
+            f"{task}: {len(unscored)} finished run(s) have no finite test score ({names}); "
+            "each counts at the task's chance level like a diverged run, and is counted "
+            "among the diverged runs."
+        )
     out = pd.concat(
         [ok.assign(score=ok.test.astype(float), diverged=False), diverged.assign(diverged=True)]
     )
@@ -533,9 +619,9 @@ def results_table(exp: Experiment, sc: Scores | None = None) -> pd.DataFrame:
     rows = []
     for key, runs in final.groupby(KEY, sort=False):
         config = sc.configs[tuple(key)]
-        low, high = percentile_interval(config.mean_replicates())
-        if config.n == 1 and not config.with_outcomes.all():
-            low = high = math.nan
+        low, high = config.interval()
+        floor, ceiling = metric_range(str(runs.metric.iloc[0]))
+        low, high = max(low, floor), min(high, ceiling)  # NaN stays NaN
         times = ttt.loc[runs.run_id]
         rows.append(
             [
@@ -635,18 +721,24 @@ def compare(a: Config, b: Config) -> dict[str, Any]:
                 ],
                 nan,
             )
-            | {"constant_equal": False, "all_equal": False}
+            | {"constant_equal": False, "all_equal": False, "n_nonzero": 0}
         )
     idx = seed_draws(a.uniforms, n)
     xr = np.take_along_axis(a.reps[:, ia], idx, axis=1)
     yr = np.take_along_axis(b.reps[:, ib], idx, axis=1)
-    diffs = (xr - yr).mean(axis=1)
-    out["diff_low"], out["diff_high"] = percentile_interval(diffs)
+    diffs = (xr - yr).mean(axis=1)  # two-way replicates: seeds and examples
+    test_only = (a.reps[:, ia] - b.reps[:, ib]).mean(axis=1)  # examples only, seeds fixed
+    if n == 1:
+        out["diff_low"], out["diff_high"] = percentile_interval(test_only)
+    else:
+        out["diff_low"], out["diff_high"] = two_stage_interval(x - y, test_only)
     higher = a.higher_is_better
     out["p_improve"] = prob_improvement(x, y, higher)
     out["pi_low"], out["pi_high"] = percentile_interval(prob_improvement_replicates(xr, yr, higher))
-    out["all_equal"] = bool(np.all(x == y))
-    out["constant_equal"] = bool(np.all(x == x[0]) and np.all(y == x[0]))
+    sx, sy = snap(x), snap(y)
+    out["all_equal"] = bool(np.all(sx == sy))
+    out["constant_equal"] = bool(np.all(sx == sx[0]) and np.all(sy == sx[0]))
+    out["n_nonzero"] = int(np.count_nonzero(snap(x - y)))
     if n < 2:
         out |= {"p_seed": nan, "p_boot": nan, "p": nan}
         return out
@@ -666,15 +758,18 @@ def _reason(c: dict[str, Any], m: int) -> str:
     if c["all_equal"]:
         return "equal on every paired seed"
     k = seeds_needed(m)
-    if c["n"] < k:
+    nonzero = c["n_nonzero"]
+    if nonzero < k:  # a zero difference cannot change sign: the smallest p is 2^(1 - nonzero)
+        here = f"here {c['n']}" if nonzero == c["n"] else f"here {nonzero} of {c['n']}"
+        what = "seeds" if nonzero == c["n"] else "seeds with a nonzero paired difference"
         return (
             f"with {m} comparison{'s' if m != 1 else ''}, an exact paired test needs at least "
-            f"{k} seeds (here {c['n']})"
+            f"{k} {what} ({here})"
         )
     if m / c["n_boot"] >= ALPHA:
         return f"with {m} comparisons, {c['n_boot']} bootstrap replicates cannot show it"
     if c["p_boot"] > c["p_seed"]:
-        return "within test-set sampling variation"
+        return f"not confirmed by the {BOOT_P_NAME}"
     return "within seed-to-seed variation"
 
 
@@ -702,7 +797,7 @@ COMPARISON_COLUMNS = [
     "task", "sweep", "kind", "within", "a", "b", "label_a", "label_b", "higher_is_better", "n",
     "diverged_a", "diverged_b", "mean_a", "mean_b", "diff", "diff_low", "diff_high",
     "p_improve", "pi_low", "pi_high", "p_seed", "p_boot", "p", "p_holm", "significant",
-    "better", "reason", "with_outcomes", "n_boot",
+    "better", "reason", "with_outcomes", "n_boot", "n_nonzero",
 ]  # fmt: skip
 
 
@@ -754,62 +849,126 @@ def best_indices(configs: pd.DataFrame) -> list[Any]:
     return [i for i, v in pool["mean"].items() if is_tie(float(v), float(best))]
 
 
-def winners(exp: Experiment, table: pd.DataFrame, sc: Scores | None = None) -> pd.DataFrame:
-    """Per task: the configuration(s) with the best mean (all tied ones named), and those not
-    significantly different from it (winner-vs-each comparisons, Holm within that family)."""
-    columns = ["task", "winner", "winners", "mean", "ci_low", "ci_high", "n", "diverged",
-               "interval", "not_different", "verdict", "others"]  # fmt: skip
+WINNER_COLUMNS = ["task", "winner", "winners", "mean", "ci_low", "ci_high", "n", "runs",
+                  "diverged", "interval", "not_different", "verdict", "others",
+                  "details"]  # fmt: skip
+
+
+def winners(
+    exp: Experiment,
+    table: pd.DataFrame,
+    sc: Scores | None = None,
+    tests: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Per task: every configuration with the best mean (ties all named) and, for each of them,
+    what the task's pre-specified comparisons (`comparisons`, Holm over the task) say about it:
+    which of its comparisons are significant, which are not, and which configurations it was
+    never compared with directly (they differ in two factors). No other test is made: a
+    winner-against-each family chosen after seeing the means would be a post-selection test.
+    `details` holds one dict per tied winner (its own mean, interval, n and verdict)."""
     if table.empty:
-        return pd.DataFrame(columns=columns)
-    sc = sc or scores(exp)
+        return pd.DataFrame(columns=WINNER_COLUMNS)
+    if tests is None:
+        tests = comparisons(exp, sc or scores(exp))
     rows = []
     for task, configs in table.groupby("task", sort=False):
         best = best_indices(configs)
         if not best:
-            rows.append([task, None, [], math.nan, math.nan, math.nan, 0, 0, "", [],
-                         "no configuration has a score", 0])  # fmt: skip
+            rows.append([task, None, [], math.nan, math.nan, math.nan, 0, 0, 0, "", [],
+                         "no configuration has a score", 0, []])  # fmt: skip
             continue
-        ref = configs.loc[best[0]]
-        ref_config = sc.configs[tuple(ref[k] for k in KEY)]
+        scored = configs[configs.n > 0]
         names = [config_label(configs.loc[i]) for i in best]
-        others = [r for i, r in configs.iterrows() if i not in best and r.n > 0]
-        family = []
-        for r in others:
-            other = sc.configs[tuple(r[k] for k in KEY)]
-            family.append({"a": names[0], "b": config_label(r), "higher_is_better":
-                           ref_config.higher_is_better, **compare(ref_config, other)})  # fmt: skip
-        _finish_family(family)
-        not_different = [f["b"] for f in family if not f["significant"]]
-        m = sum(1 for f in family if not math.isnan(f["p"]))
-        verdict = _verdict(int(ref.n), names, family, not_different, m)
+        in_task = tests[tests.task == task] if not tests.empty else tests
+        all_tie = len(best) == len(scored) and len(best) > 1
+        details = []
+        for i in best:
+            w = configs.loc[i]
+            verdict = (
+                {"text": "all configurations tie", "better_than": [], "not_different": [],
+                 "not_compared": [], "worse_than": [], "tied_with": [n for n in names
+                                                                     if n != config_label(w)]}
+                if all_tie
+                else _winner_verdict(w, scored.drop(index=i), in_task, names)
+            )  # fmt: skip
+            details.append(
+                {"name": config_label(w), "mean": float(w["mean"]), "ci_low": float(w.ci_low),
+                 "ci_high": float(w.ci_high), "n": int(w.n), "runs": int(w.runs),
+                 "diverged": int(w.diverged), "interval": w.interval, **verdict}
+            )  # fmt: skip
+        first = details[0]
         winner = " and ".join(names) + (" (tie)" if len(names) > 1 else "")
-        rows.append([task, winner, names, ref["mean"], ref.ci_low, ref.ci_high,
-                     int(ref.n), int(ref.diverged), ref.interval, not_different, verdict,
-                     len(others)])  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _verdict(n: int, names: list[str], family: list[dict], not_different: list[str], m: int) -> str:
-    """How sure the winner is, in words (n is in the sentence or the table beside it)."""
-    parts = []
-    others = "the other configuration" if len(family) == 1 else f"the other {len(family)}"
-    if not family:
-        parts.append("no other configuration to compare with")
-    elif not not_different:
-        each = "" if len(family) == 1 else "each of "
-        parts.append(
-            f"significantly better than {each}{others} (paired tests, Holm-adjusted p < {ALPHA:g})"
+        verdict_text = "; ".join(
+            (f"{d['name']}: " if len(details) > 1 and not all_tie else "") + d["text"]
+            for d in (details if not all_tie else details[:1])
         )
-    else:
-        text = f"not significantly different from {len(not_different)} of {others}"
-        k = seeds_needed(max(m, 1))
-        if n < k:
-            comparisons_ = f"{max(m, 1)} comparison{'s' if max(m, 1) != 1 else ''}"
-            text += (
-                f": with {comparisons_} an exact paired test needs at least {k} seeds (here {n})"
-            )
-        parts.append(text)
-    return "; ".join(parts)
+        rows.append([task, winner, names, first["mean"], first["ci_low"], first["ci_high"],
+                     first["n"], first["runs"], first["diverged"], first["interval"],
+                     first["not_different"], verdict_text, len(scored) - 1, details])  # fmt: skip
+    return pd.DataFrame(rows, columns=WINNER_COLUMNS)
+
+
+def _winner_verdict(
+    w: pd.Series, others: pd.DataFrame, tests: pd.DataFrame, tied: list[str]
+) -> dict[str, Any]:
+    """One best configuration against every other scored one of its task, from the task's
+    section-4 comparisons only."""
+    me = config_label(w)
+    better, worse, not_different, not_compared, ties = [], [], [], [], []
+    for _, r in others.iterrows():
+        other = config_label(r)
+        if other in tied:
+            ties.append(other)
+            continue
+        found = (
+            tests[
+                ((tests.label_a == me) & (tests.label_b == other))
+                | ((tests.label_a == other) & (tests.label_b == me))
+            ]
+            if not tests.empty
+            else tests
+        )
+        if found.empty:
+            not_compared.append(other)
+            continue
+        c = found.iloc[0]
+        holm_p = f"Holm p = {_p_text(c.p_holm)}"
+        if c.better == "tie":
+            ties.append(other)
+        elif c.significant:
+            winner = c.label_a if c.better == c.a else c.label_b
+            (better if winner == me else worse).append(f"{other} ({holm_p})")
+        else:
+            why = f"; {c.reason}" if c.reason else ""
+            not_different.append(f"{other} ({holm_p}{why})")
+    parts = []
+    if better:
+        every = not (worse or not_different or not_compared or ties)
+        parts.append(
+            "significantly better than "
+            + ("every other configuration: " if every and len(better) > 1 else "")
+            + _and(better)
+        )
+    if not_different:
+        parts.append("not significantly different from " + _and(not_different))
+    if worse:
+        parts.append("significantly worse, on the seeds they share, than " + _and(worse))
+    if ties:
+        parts.append("tied with " + _and(ties))
+    if not_compared:
+        parts.append(
+            "not compared directly with " + _and(not_compared) + " (they differ in two factors)"
+        )
+    if not parts:
+        parts.append("no other configuration to compare with")
+    return {
+        "text": "; ".join(parts),
+        "better_than": better,
+        "not_different": [x.split(" (")[0] for x in not_different],
+        "not_compared": not_compared,
+        "worse_than": worse,
+        "tied_with": ties,
+    }
 
 
 # --------------------------------------------------------------------------- across tasks
@@ -865,22 +1024,26 @@ def ranking(table: pd.DataFrame, sc: Scores | None = None) -> pd.DataFrame:
 
 
 def _ranks(values: np.ndarray, higher: bool) -> np.ndarray:
-    """Per row, rank 1 = best (average ranks for ties; NaN, no score, ranks last)."""
-    v = np.where(np.isnan(values), -np.inf if higher else np.inf, values)
+    """Per row, rank 1 = best (average ranks for ties, values equal to 12 decimals being
+    ties; NaN, no score, ranks last)."""
+    v = np.where(np.isnan(values), -np.inf if higher else np.inf, snap(values))
     return st.rankdata(-v if higher else v, method="average", axis=1)
 
 
 def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
     """The Friedman test (with the Iman-Davenport F) over tasks as blocks, and the Nemenyi
     critical difference, for the configurations scored on every task; `why_not` when N < 3
-    tasks or k < 3 configurations. Marks ranked.within_cd (within CD of the best mean rank)."""
+    tasks or k < 3 configurations. Only when the Iman-Davenport F rejects at ALPHA are the
+    critical-difference groups drawn: then ranked.within_cd marks the configurations within CD
+    of the best Friedman mean rank (ranks over the configurations complete on every task)."""
     tasks = list(dict.fromkeys(table.task))
     labelled = table.assign(config=[config_label(r) for r in table.itertuples()])
     wide = labelled.pivot_table(index="task", columns="config", values="mean", aggfunc="first")
     complete = [c for c in ranked.config if c in wide.columns and wide[c].notna().all()]
     excluded = [c for c in ranked.config if c not in complete]
     n, k = len(tasks), len(complete)
-    info: dict[str, Any] = {"done": False, "N": n, "k": k, "excluded": excluded}
+    info: dict[str, Any] = {"done": False, "significant": False, "N": n, "k": k,
+                            "excluded": excluded}  # fmt: skip
     if n < 3 or k < 3:
         info["why_not"] = (
             f"the Friedman test and the Nemenyi critical difference need at least 3 tasks and "
@@ -890,7 +1053,7 @@ def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
     higher = {t: bool(table[table.task == t].higher_is_better.iloc[0]) for t in tasks}
     scores_ = np.array([[wide.loc[t, c] for c in complete] for t in tasks], dtype=float)
     ranks = np.vstack([_ranks(scores_[i][None, :], higher[t])[0] for i, t in enumerate(tasks)])
-    if all(np.ptp(row) == 0 for row in scores_):
+    if all(np.ptp(row) == 0 for row in snap(scores_)):
         info["why_not"] = "every configuration ties on every task: nothing to rank"
         return info
     with warnings.catch_warnings():
@@ -905,9 +1068,11 @@ def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
     cd = nemenyi_cd(k, n)
     mean_ranks = dict(zip(complete, ranks.mean(axis=0), strict=True))
     top = min(mean_ranks.values())
-    for i, c in enumerate(ranked.config):
-        if c in mean_ranks:
-            ranked.at[i, "within_cd"] = bool(mean_ranks[c] - top < cd)
+    significant = p_f < ALPHA
+    if significant:  # the Nemenyi post-hoc only after the Friedman test rejects (Demsar 2006)
+        for i, c in enumerate(ranked.config):
+            if c in mean_ranks:
+                ranked.at[i, "within_cd"] = bool(mean_ranks[c] - top < cd)
     info.update(
         done=True,
         F_text="infinite (every task ranks them alike; p from the chi-square)"
@@ -918,9 +1083,14 @@ def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
         F=float(f_stat),
         p_F=max(p_f, float(np.finfo(float).tiny)),
         cd=cd,
-        significant=p_f < ALPHA,
+        significant=significant,
         mean_ranks=mean_ranks,
-        top_group=[c for c, r in sorted(mean_ranks.items(), key=lambda x: x[1]) if r - top < cd],
+        ranks_text=", ".join(
+            f"{c} {r:.2f}" for c, r in sorted(mean_ranks.items(), key=lambda x: x[1])
+        ),
+        top_group=[c for c, r in sorted(mean_ranks.items(), key=lambda x: x[1]) if r - top < cd]
+        if significant
+        else [],
     )
     return info
 
@@ -1004,15 +1174,18 @@ def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFram
         if not w.winners:
             out.append(f"On {w.task}, no configuration has a score.")
             continue
-        if len(w.winners) > 1:
-            who = f"{len(w.winners)} configurations tie for the best {words}, " + _and(w.winners)
+        each = [f"{d['name']} {_fmt(d['mean'])} ({_interval_words(d)})" for d in w.details]
+        if len(w.details) == len(rows[rows.n > 0]) and len(w.details) > 1:
+            out.append(
+                f"On {w.task}, all configurations tie for the best {words}: " + _and(each) + "."
+            )
+            continue
+        if len(w.details) > 1:
+            who = f"{len(w.details)} configurations tie for the best {words}, "
+            clauses = [f"{e}: {d['text']}" for e, d in zip(each, w.details, strict=True)]
+            out.append(f"On {w.task}, {who}" + "; ".join(clauses) + ".")
         else:
-            who = f"the best {words} is {w.winners[0]}"
-        out.append(
-            f"On {w.task}, {who}: {_fmt(w.mean)} (95% interval "
-            f"{_fmt(w.ci_low)} to {_fmt(w.ci_high)}, {w.interval}; {w.n} seed"
-            f"{'s' if w.n != 1 else ''}); {w.verdict}."
-        )
+            out.append(f"On {w.task}, the best {words} is {each[0]}: {w.details[0]['text']}.")
     significant = tests[tests.significant] if not tests.empty else tests
     for c in significant.itertuples():
         words = METRIC_WORDS.get(table[table.task == c.task].metric.iloc[0], "score")
@@ -1027,7 +1200,7 @@ def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFram
             f"On {where}, {win} beats {lose}: {words} {_fmt(m_win, 3)} vs {_fmt(m_lose, 3)} "
             f"(difference {_fmt(diff, 3)}, 95% CI {_fmt(low, 3)} to {_fmt(high, 3)}; "
             f"P(improvement) {pi:.2f}), paired p = {_p_text(c.p)} (exact permutation over seeds "
-            f"{_p_text(c.p_seed)}, test-set bootstrap {_p_text(c.p_boot)}), Holm-adjusted "
+            f"{_p_text(c.p_seed)}, {BOOT_P_NAME} {_p_text(c.p_boot)}), Holm-adjusted "
             f"{_p_text(c.p_holm)}, {c.n} seeds."
         )
     if tests.empty:
@@ -1035,6 +1208,15 @@ def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFram
     elif significant.empty:
         out.append("No difference is significant after correction: " + _why_none(tests) + ".")
     return out
+
+
+def _interval_words(d: dict[str, Any]) -> str:
+    """ "95% interval 0.70 to 0.80, seeds and test set; 3 seeds (4 runs)" for one winner."""
+    runs = f" ({d['runs']} runs)" if d["runs"] != d["n"] else ""
+    return (
+        f"95% interval {_fmt(d['ci_low'])} to {_fmt(d['ci_high'])}, {d['interval']}; "
+        f"{d['n']} seed{'s' if d['n'] != 1 else ''}{runs}"
+    )
 
 
 def _and(names: list[str]) -> str:
