@@ -863,8 +863,9 @@ def winners(
     """Per task: every configuration with the best mean (ties all named) and, for each of them,
     what the task's pre-specified comparisons (`comparisons`, Holm over the task) say about it:
     which of its comparisons are significant, which are not, and which configurations it was
-    never compared with directly (they differ in two factors). No other test is made: a
-    winner-against-each family chosen after seeing the means would be a post-selection test.
+    never compared with directly (they differ in two factors, or in the sweep point). No other
+    test is made: a winner-against-each family chosen after seeing the means would be a
+    post-selection test.
     `details` holds one dict per tied winner (its own mean, interval, n and verdict)."""
     if table.empty:
         return pd.DataFrame(columns=WINNER_COLUMNS)
@@ -957,7 +958,9 @@ def _winner_verdict(
         parts.append("tied with " + _and(ties))
     if not_compared:
         parts.append(
-            "not compared directly with " + _and(not_compared) + " (they differ in two factors)"
+            "not compared directly with "
+            + _and(not_compared)
+            + " (they differ in two factors, or in the sweep point)"
         )
     if not parts:
         parts.append("no other configuration to compare with")

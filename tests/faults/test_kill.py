@@ -29,6 +29,7 @@ from mlflow import MlflowClient
 LONG = {"budget": {"steps": 100, "val_every": 50}}  # cells long enough to be caught running
 
 
+@pytest.mark.slow  # 35-55 s each on 2 cores: `make test-slow` (CI runs both suites)
 def test_launcher_sigkilled_mid_grid_rerun_completes_and_keeps_finished_runs(
     tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:
@@ -54,6 +55,7 @@ def test_launcher_sigkilled_mid_grid_rerun_completes_and_keeps_finished_runs(
     assert len(after) == 4 + len(interrupted)
 
 
+@pytest.mark.slow  # 35-55 s each on 2 cores: `make test-slow` (CI runs both suites)
 def test_a_worker_sigkilled_mid_cell_loses_only_that_cell_and_rerun_completes(
     tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:
@@ -84,6 +86,7 @@ def test_a_worker_sigkilled_mid_cell_loses_only_that_cell_and_rerun_completes(
     assert len(cells(client, "worker")) == 4
 
 
+@pytest.mark.slow  # 35-55 s each on 2 cores: `make test-slow` (CI runs both suites)
 def test_a_ray_launcher_sigkilled_with_its_ray_instance_rerun_completes(
     tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:

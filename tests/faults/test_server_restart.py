@@ -57,6 +57,7 @@ def _store(server: MlflowServer) -> MlflowClient:
     return MlflowClient(f"sqlite:///{server.db}")
 
 
+@pytest.mark.slow  # 35-55 s each on 2 cores: `make test-slow` (CI runs both suites)
 def test_server_killed_and_restarted_within_the_deadline_loses_nothing(
     server: MlflowServer, tmp_path: Path
 ) -> None:
@@ -91,6 +92,7 @@ def test_server_killed_and_restarted_within_the_deadline_loses_nothing(
     assert len(store.get_metric_history(run_id, "train/loss")) == len(history) == 100
 
 
+@pytest.mark.slow  # 35-55 s each on 2 cores: `make test-slow` (CI runs both suites)
 def test_server_that_stays_down_stops_the_grid_in_one_line_and_rerun_completes(
     server: MlflowServer, tmp_path: Path
 ) -> None:
