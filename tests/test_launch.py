@@ -46,6 +46,7 @@ def _parent(client: MlflowClient, name: str) -> Run:
     return parent
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_fixed_grid_with_two_workers_then_resume(
     tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:
@@ -135,6 +136,7 @@ def test_tune_then_final_picks_the_best_rate(
     ]
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_a_cell_that_raises_is_failed_and_the_rest_finish(
     tracking_uri: str, client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -33,6 +33,10 @@ SECTIONS = [
     "5. Failures, divergences and missing cells",
     "6. Appendix",
 ]
+# One real tuned grid trained for the whole module (about 45 s on 2 cores): `make test-slow`.
+# tests/test_stats.py covers the statistics and build_report on runs written directly.
+pytestmark = pytest.mark.slow
+
 GRID = {
     "name": "rep",
     "description": "Does multihead <b>beat</b> dot here?",

@@ -116,6 +116,7 @@ def test_a_grid_logs_to_a_tracking_server_over_http(server: str, tmp_path: Path)
     _check_over_rest(server, "over_http")
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_ray_workers_write_to_the_tracking_server_directly(
     server: str, local_ray: None, tmp_path: Path
 ) -> None:
@@ -128,6 +129,7 @@ def test_ray_workers_write_to_the_tracking_server_directly(
 # --------------------------------------------------------------------------- Ray = local
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_ray_and_local_backends_give_the_same_runs(
     _template_store: Path, local_ray: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -197,6 +199,7 @@ def test_a_remote_ray_cluster_with_a_local_store_is_refused(
 # --------------------------------------------------------------------------- harness ui
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_harness_ui_serves_the_runs_on_loopback_and_stops_on_ctrl_c(
     tracking_uri: str, tmp_path: Path
 ) -> None:

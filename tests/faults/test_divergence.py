@@ -15,6 +15,7 @@ from harness.cli import main
 STEPS = 100
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_sgd_at_lr_100_diverges_within_steps_the_grid_finishes_and_the_report_lists_it(
     tracking_uri: str, client: MlflowClient, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -90,6 +90,7 @@ def _not_loopback(listening: set[tuple[int, str, int]]) -> list[tuple[int, str, 
     return sorted(s for s in listening if not ipaddress.ip_address(s[1]).is_loopback)
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_harness_ui_listens_on_loopback_only(tracking_uri: str, tmp_path: Path) -> None:
     """Every socket the UI's processes listen on (MLflow's server and its workers) is on
     127.0.0.1; tests/test_scaling.py checks the UI answers there and stops on Ctrl-C."""
