@@ -27,10 +27,11 @@ GRID = {
 }
 # Points per run: train/loss and grad_norm every step; lr, time/step_ms and
 # throughput/tokens_per_s every log_every (10) steps; val/acc and val/loss every 50 steps;
-# test/acc and test/loss once.
+# test/acc and test/loss once; the one layer's attention diagnostics at step 0 and at each
+# validation.
 POINTS = {"train/loss": 100, "grad_norm": 100, "lr": 10, "time/step_ms": 10,
           "throughput/tokens_per_s": 10, "val/acc": 2, "val/loss": 2, "test/acc": 1,
-          "test/loss": 1}  # fmt: skip
+          "test/loss": 1, "attn/logit_std/layer0": 3, "attn/entropy/layer0": 3}  # fmt: skip
 
 
 def _assert_every_point_once(client: MlflowClient, experiment: str) -> None:
