@@ -24,6 +24,7 @@ from harness.models.attention import ATTENTION, check_attention
 from harness.optim import OPTIMIZERS, SCHEDULES, param_defaults
 from tasks import TaskInputError, get_task
 
+MAX_WIDTH = 2**16  # any model width above this is a mistake on one machine
 MODEL_DEFAULTS: dict[str, Any] = {
     "d_model": 64,
     "n_layers": 2,
@@ -216,8 +217,8 @@ def _float_or_str(text: str) -> float | str:
 
 def _check_sections(sections: dict[str, dict[str, Any]]) -> None:
     model, optim, train = sections["model"], sections["optim"], sections["train"]
-    for name in ("d_model", "n_layers", "d_ff", "d_k"):
-        _check_positive(f"model.{name}", model[name], int)
+    for name in ("d_model", "n_layers", "d_ff", "d_k"):  # torch takes sizes as int64
+        _check_int(f"model.{name}", model[name], minimum=1, maximum=MAX_WIDTH)
     if not 0.0 <= model["dropout"] < 1.0:
         raise UserError(f"model.dropout={model['dropout']}: must be in [0, 1)")
     for name in ("batch_size", "val_every", "log_every"):
@@ -234,7 +235,7 @@ def _check_attention_widths(attention: str, model: dict[str, Any], params: dict[
     """The widths the attention module would reject (d_k vs n_heads, d_model vs n_heads)."""
     try:
         check_attention(attention, model["d_model"], model["d_k"], **params)
-    except ValueError as err:
+    except (ValueError, TypeError, OverflowError) as err:  # as torch would reject them later
         shown = ", ".join(f"attention.{k}={v}" for k, v in params.items() if v is not None)
         raise UserError(
             f"attention {attention!r} with model.d_model={model['d_model']}, "

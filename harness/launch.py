@@ -293,14 +293,16 @@ class Launcher:
                         self._handle(event)
                     bar.update(self.outcome.counts, running=len(self.in_flight))
         except TrackingUnreachable as err:  # nothing can be marked: the next launch does it
-            raise GridStopped(_stopped(err, pool.shutdown(kill=True))) from None
+            pool.shutdown(kill=True)
+            raise GridStopped(_stopped(err, list(self.in_flight))) from None
         except ArtifactWriteError as err:
-            running = pool.shutdown(kill=True)
+            pool.shutdown(kill=True)
             self._fail(err.run_id, str(err))
-            self._interrupted([job for job in running if job.run_id != err.run_id])
-            raise GridStopped(_stopped(err, running, failed=err.run_id)) from None
+            self._interrupted([run_id for run_id in self.in_flight if run_id != err.run_id])
+            raise GridStopped(_stopped(err, list(self.in_flight), failed=err.run_id)) from None
         except BaseException:
-            self._interrupted(pool.shutdown(kill=True))
+            pool.shutdown(kill=True)
+            self._interrupted(list(self.in_flight))
             raise
         pool.shutdown()
         self.client.set_terminated(self.parent_id, "FINISHED")
@@ -310,16 +312,17 @@ class Launcher:
     def _start(self, cfg: RunConfig, group: Group) -> Job:
         started = time.perf_counter()
         tags = run_tags(cfg, self.spec.name, group.sweep)
-        logger = MlflowRunLogger.start_run(
-            self.client, self.exp_id, cfg.run_name, cfg.flat_params(), tags, self.parent_id
-        )
-        self.in_flight[logger.run_id] = (cfg, group)
+        logger = MlflowRunLogger.create(self.client, self.exp_id, cfg.run_name, tags, self.parent_id)
+        self.in_flight[logger.run_id] = (cfg, group)  # RUNNING in the store from here on
+        logger.log_params(cfg.flat_params())
         self.outcome.launcher_seconds[logger.run_id] += time.perf_counter() - started
         return Job(cfg.to_dict(), logger.run_id)
 
-    def _interrupted(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            self.client.set_terminated(job.run_id, "KILLED")
+    def _interrupted(self, run_ids: list[str]) -> None:
+        """Every run created and not yet ended (`in_flight`: a worker's, or one still being
+        started here) is KILLED."""
+        for run_id in run_ids:
+            self.client.set_terminated(run_id, "KILLED")
         self.client.set_terminated(self.parent_id, "KILLED")
 
     def _fail(self, run_id: str, error: str) -> None:
@@ -338,7 +341,7 @@ class Launcher:
                 raise ArtifactWriteError(event[1], self._artifact_root(), err) from None
             self.outcome.launcher_seconds[event[1]] += time.perf_counter() - started
             return
-        cfg, group = self.in_flight.pop(event.run_id)
+        cfg, group = self.in_flight[event.run_id]
         if isinstance(event, Lost):
             self.client.set_tag(event.run_id, "harness.error", event.reason)
             self.client.set_terminated(event.run_id, "KILLED")
@@ -348,6 +351,7 @@ class Launcher:
             value = event.metrics.get(f"val/{get_task(cfg.task).metric}")
             if outcome != "failed":
                 self.outcome.worker_overhead[event.run_id] = event.seconds - event.fit_seconds
+        del self.in_flight[event.run_id]  # ended in the store
         self.outcome.counts[cfg.phase][outcome] += 1
         if cfg.phase == "tune":
             ok = outcome == "ok"
@@ -368,9 +372,9 @@ def _patient(client: MlflowClient, console: Console, deadline: float | None) -> 
     return RetryingClient(client, deadline, warn)  # type: ignore[return-value]
 
 
-def _stopped(err: Exception, running: list[Job], failed: str | None = None) -> str:
+def _stopped(err: Exception, running: list[str], failed: str | None = None) -> str:
     """One line: why the grid stopped, what it interrupted, how to go on."""
-    n = sum(job.run_id != failed for job in running)
+    n = sum(run_id != failed for run_id in running)
     cells = f"{n} running cell was" if n == 1 else f"{n} running cells were"
     return f"{err}; {cells} interrupted; run the same command again to resume"
 

@@ -83,13 +83,26 @@ class MlflowRunLogger(Logger):
         parent_run_id: str | None = None,
     ) -> MlflowRunLogger:
         """Create the run with its tags and params."""
+        logger = cls.create(client, experiment_id, run_name, tags, parent_run_id)
+        logger.log_params(params)
+        return logger
+
+    @classmethod
+    def create(
+        cls,
+        client: MlflowClient,
+        experiment_id: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+    ) -> MlflowRunLogger:
+        """Create the run with its tags only (one call), so a caller can record that it exists
+        before the next write, which may fail."""
         all_tags = dict(tags)
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
-        logger = cls(client, run.info.run_id)
-        logger.log_params(params)
-        return logger
+        return cls(client, run.info.run_id)
 
     # Lightning's Logger interface -------------------------------------------------------
     @property

@@ -85,6 +85,9 @@ BAD_GRIDS: list[tuple[dict[str, Any], list[str]]] = [
     (_task("text_cls", source="$nolabel.csv"), ["task.label_column='label'", "nolabel.csv"]),
     (_task("text_cls", source="$oneclass.csv"), ["task.label_column='label'", "one distinct"]),
     ({"attention": [{"name": "multihead", "params": {"n_heads": 3}}]}, ["n_heads=3"]),
+    # sizes torch itself rejects (int64 overflow, a float) are caught before any run exists
+    ({"sweep": {"model.d_model": [2**64]}}, ["model.d_model=18446744073709551616"]),
+    ({"attention": [{"name": "multihead", "params": {"d_head": 1e309}}]}, ["d_head=inf"]),
 ]
 
 
