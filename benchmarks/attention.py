@@ -32,12 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import MODEL_DEFAULTS, TRAIN_DEFAULTS
-from harness.models.attention import (
-    AdditiveAttention,
-    additive_scores,
-    additive_scores_naive,
-    build_attention,
-)
+from harness.models.additive import additive_scores, additive_scores_naive
+from harness.models.attention import AdditiveAttention, AdditiveParams, build_attention
 
 KINDS = ["sdpa", "dot", "scaled_dot", "multihead", "additive", "additive_naive"]
 NAIVE_LIMIT = 3 * 2**30  # bytes: skip the naive form where its (B,h,L,L,d) tensors need more
@@ -60,7 +56,7 @@ def make(kind: str, batch: int, length: int, d_model: int, d_k: int) -> Callable
 
         return step
     module = (
-        NaiveAdditive(d_model, d_k)
+        NaiveAdditive(d_model, d_k, **AdditiveParams.defaults())
         if kind == "additive_naive"
         else build_attention(kind, d_model, d_k)
     )

@@ -27,7 +27,8 @@ from pytorch_lightning.loggers import MLFlowLogger
 from harness.config import RunConfig, resolve
 from harness.models.lightning_module import AttentionTaskModule
 from harness.optim import build_optimizer, build_scheduler
-from harness.train import RandomBatches, prepare, train_run
+from harness.train import prepare, train_run
+from tasks.loaders import RandomBatches
 
 # grids/quick.yaml: model d_model 32, d_ff 64 (2 layers, d_k 16), copy of length 8
 QUICK_MODEL = {"model.d_model": 32, "model.d_ff": 64, "task.length": 8}
@@ -36,7 +37,7 @@ QUICK_MODEL = {"model.d_model": 32, "model.d_ff": 64, "task.length": 8}
 def plain_loop(cfg: RunConfig, device: torch.device) -> float:
     _, data, module = prepare(cfg)
     module.to(device)
-    optimizer = build_optimizer(cfg.optimizer, module.parameters(), cfg.lr, cfg.optim)
+    optimizer = build_optimizer(cfg.optimizer, module.model, cfg.lr, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
     split = data.train
     batches = iter(RandomBatches(split, cfg.train["batch_size"], cfg.seed))
@@ -61,9 +62,14 @@ class StockLogging(AttentionTaskModule):
 
 
 def stock_mlflow_logger(cfg: RunConfig, accelerator: str, store: Path) -> float:
-    task, data, _ = prepare(cfg)
-    torch.manual_seed(cfg.seed)
-    module = StockLogging(cfg, task, data)
+    task, data, built = prepare(cfg)
+    module = StockLogging(
+        built.model,
+        task=task,
+        optimizer=built.optimizer_factory,
+        scheduler=built.scheduler_factory,
+        grad_clip=built.grad_clip,
+    )
     logger = MLFlowLogger(experiment_name="stock", tracking_uri=f"sqlite:///{store}")
     trainer = pl.Trainer(
         accelerator=accelerator,

@@ -1,7 +1,7 @@
 """How long `harness report` takes on a large experiment (issue 4: 1,000 runs x 500 steps < 60 s).
 
 Writes an experiment shaped like a real full grid into a temporary SQLite store, through
-MLflow's own client and the harness's own run schema (`resolve`, `run_tags`, `grid_plan`):
+MLflow's own client and the harness's own run schema (`resolve`, `run_tags`, `plan_json`):
 every task x attention kind x optimizer, each optimizer's whole learning-rate grid in the tune
 phase, several final seeds. Each run logs `--steps` steps of `train/loss` and `grad_norm`, a
 validation point every 50 steps, `lr`, `time/step_ms` and throughput every 10 steps, and the
@@ -33,10 +33,9 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from harness.grid import final_cells, groups, tune_cells
-from harness.launch import grid_plan
+from harness import schema
+from harness.grid import final_cells, groups, plan_json, tune_cells
 from harness.report import build_report
-from harness.report.collect import search_all
 from harness.spec import grid_from_dict
 from harness.tracking import environment_tags, run_tags
 from tasks import TASKS, get_task
@@ -64,13 +63,13 @@ def _unit(*parts: object) -> float:
 
 def write_run(client, exp_id, parent_id, cfg, group, sweep, steps, fail: bool) -> None:
     task = get_task(cfg.task)
-    tags = run_tags(cfg, "scale", sweep) | {"mlflow.parentRunId": parent_id}
+    tags = run_tags(cfg, "scale", sweep) | {schema.PARENT: parent_id}
     run_id = client.create_run(exp_id, run_name=cfg.run_name, tags=tags).info.run_id
     params = [Param(k, v) for k, v in cfg.flat_params().items()]
     for i in range(0, len(params), 100):
         client.log_batch(run_id, params=params[i : i + 100])
     if fail:
-        client.set_tag(run_id, "harness.error", "RuntimeError: injected by the benchmark")
+        client.set_tag(run_id, schema.ERROR, "RuntimeError: injected by the benchmark")
         client.set_terminated(run_id, "FAILED")
         return
     rng = random.Random(cfg.cell_id)
@@ -87,15 +86,15 @@ def write_run(client, exp_id, parent_id, cfg, group, sweep, steps, fail: bool) -
         if step == diverge_at:
             loss = math.nan
         points += [
-            Metric("train/loss", loss, now, step),
-            Metric("grad_norm", rng.random(), now, step),
+            Metric(schema.TRAIN_LOSS, loss, now, step),
+            Metric(schema.GRAD_NORM, rng.random(), now, step),
         ]
         if step % 10 == 0:
             step_ms = ms * (0.9 + 0.2 * rng.random())
             points += [
-                Metric("lr", cfg.lr, now, step),
-                Metric("time/step_ms", step_ms, now, step),
-                Metric("throughput/tokens_per_s", 64 * 32 * 1000 / step_ms, now, step),
+                Metric(schema.LR_METRIC, cfg.lr, now, step),
+                Metric(schema.STEP_MS, step_ms, now, step),
+                Metric(schema.THROUGHPUT, 64 * 32 * 1000 / step_ms, now, step),
             ]
         if step % 50 == 0 and diverge_at is None:
             points += _eval(task, "val", quality, step / steps, rng, now, step)
@@ -104,30 +103,33 @@ def write_run(client, exp_id, parent_id, cfg, group, sweep, steps, fail: bool) -
     for i in range(0, len(points), BATCH):
         client.log_batch(run_id, metrics=points[i : i + BATCH])
     outcome = "ok" if diverge_at is None else "diverged"
-    tags = [RunTag("harness.outcome", outcome), RunTag("harness.accelerator", "cpu")]
+    tags = [RunTag(schema.OUTCOME, outcome), RunTag(schema.ACCELERATOR, "cpu")]
     if diverge_at:
-        tags.append(RunTag("harness.diverged_at_step", str(diverge_at)))
+        tags.append(RunTag(schema.DIVERGED_AT, str(diverge_at)))
     client.log_batch(run_id, tags=tags)
     client.set_terminated(run_id, "FINISHED")
 
 
 def _eval(task, split, quality, progress, rng, now, step) -> list[Metric]:
+    """A synthetic value of the task's metric: `level` itself where higher is better, a falling
+    1.8 + 3 (1 - level) where lower is (bits per character, say), kept within its range."""
     level = quality * (1 - math.exp(-5 * progress)) + 0.02 * rng.gauss(0, 1)
-    if task.metric == "bpc":
-        return [Metric(f"{split}/bpc", 1.8 + 3 * (1 - level), now, step)]
-    return [Metric(f"{split}/acc", min(1.0, max(0.0, level)), now, step)]
+    metric = task.metric
+    value = level if metric.higher_is_better else 1.8 + 3 * (1 - level)
+    low, high = metric.bounds
+    return [Metric(schema.split_metric(split, metric.name), min(high, max(low, value)), now, step)]
 
 
 def write_experiment(folder: Path, final_seeds: int, steps: int) -> int:
     spec = grid_from_dict(grid(final_seeds, steps))
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     exp_id = client.create_experiment("scale", (folder / "artifacts").as_uri())
-    parent = client.create_run(exp_id, run_name="scale", tags={"harness.grid": "scale"})
+    parent = client.create_run(exp_id, run_name="scale", tags={schema.GRID: "scale"})
     parent_id = parent.info.run_id
     client.log_param(parent_id, "protocol", spec.protocol)
     client.log_batch(parent_id, tags=[RunTag(k, v) for k, v in environment_tags().items()])
     client.log_text(parent_id, yaml.safe_dump(spec.model_dump(mode="json")), "grid.yaml")
-    client.log_dict(parent_id, grid_plan(spec), "plan.json")
+    client.log_dict(parent_id, plan_json(spec), schema.PLAN_JSON)
     n = 0
     for group in groups(spec):
         tune = tune_cells(spec, group)
@@ -156,7 +158,7 @@ def main() -> None:
         client = MlflowClient(uri)
         started = time.perf_counter()
         exp = client.get_experiment_by_name("scale")
-        runs = search_all(client, exp.experiment_id)
+        runs = schema.search_all(client, exp.experiment_id)
         baseline = time.perf_counter() - started
         started = time.perf_counter()
         made = build_report(client, "scale", folder / "report")

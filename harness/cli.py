@@ -2,6 +2,10 @@
 
 Heavy imports (torch, Lightning, MLflow) happen inside the commands that need them, so
 `harness --help` answers at once.
+
+About 450 lines: one parser and one short handler per subcommand (list, schema, train, run,
+status, report, ui), each reading as one screen; the work itself lives in the
+modules they call.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from harness.backends import BACKENDS
+from harness import backends
 from harness.errors import UserError
 
 
@@ -36,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="tasks, attention kinds and optimizers, with their parameters")
     p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("schema", help="the JSON Schema of a grid file (for editors), on stdout")
+    p.set_defaults(handler=cmd_schema)
 
     p = sub.add_parser("train", help="train one model on one task and record it in MLflow")
     p.add_argument("--task", required=True, help="a task name (see `harness list`)")
@@ -66,17 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="cells at a time (default: this machine's cores; with a Ray cluster, its CPUs)",
     )
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="local",
-        help="local: worker processes here (default); ray: Ray actors, here or on a cluster",
-    )
-    p.add_argument(
-        "--ray-address",
-        help="a running Ray cluster (e.g. auto, HOST:6379, ray://HOST:10001); default: start "
-        "Ray on this machine",
-    )
+    backends.add_options(p)  # --backend and each backend's own options (--ray-address)
     p.add_argument("--experiment", help="MLflow experiment (default: the grid's name)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default: auto)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
@@ -124,15 +121,15 @@ def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from harness.config import MODEL_DEFAULTS, TRAIN_DEFAULTS
+    from harness.config import ModelParams, TrainParams
     from harness.models.attention import ATTENTION
-    from harness.optim import OPTIMIZERS, SHARED_PARAMS
+    from harness.optim import OPTIMIZERS, OptimParams
     from tasks import TASKS
 
     console = Console()
     table = _table("Tasks (--task; --set task.NAME=VALUE)", "task", "target", "steps")
     for t in TASKS.values():
-        target = f"{t.metric} {'<=' if t.metric == 'bpc' else '>='} {t.target:g}"
+        target = f"{t.metric.name} {t.metric.comparison} {t.target:g}"
         about = _about(f"{t.description} [{t.kind}]", t.params)
         table.add_row(t.name, target, str(t.default_steps), about)
     console.print(table)
@@ -145,11 +142,24 @@ def cmd_list(args: argparse.Namespace) -> int:
     table = _table("Optimizers (--optimizer; --set optim.NAME=VALUE)", "optimizer", "lr")
     for o in OPTIMIZERS.values():
         grid = "tuning grid: " + ", ".join(f"{lr:g}" for lr in o.lr_grid)
-        table.add_row(o.name, f"{o.default_lr:g}", _about(o.description, o.params) + f"\n{grid}")
+        about = _about(o.description, o.params, skip=OptimParams)
+        table.add_row(o.name, f"{o.default_lr:g}", f"{about}\n{grid}")
     console.print(table)
-    console.print(f"Every optimizer also takes (optim.*): {_kv(SHARED_PARAMS)}")
-    console.print(f"Model (model.*): {_kv(MODEL_DEFAULTS)}")
-    console.print(f"Training (train.*): {_kv(TRAIN_DEFAULTS)}")
+    for title, model in [
+        ("Every optimizer also takes (optim.*)", OptimParams),
+        ("Model (model.*)", ModelParams),
+        ("Training (train.*)", TrainParams),
+    ]:
+        console.print(f"{title}:\n{_params_text(model)}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from harness.spec_schema import grid_json_schema
+
+    print(json.dumps(grid_json_schema(), indent=2))
     return 0
 
 
@@ -163,12 +173,20 @@ def _table(title: str, *columns: str) -> Any:
     return table
 
 
-def _about(description: str, params: dict[str, Any]) -> str:
-    return f"{description}\n[dim]{_kv(params)}[/dim]" if params else description
+def _about(description: str, params: Any, skip: Any = None) -> str:
+    """A registry entry's description, then its parameters (those `skip` lacks)."""
+    text = _params_text(params, skip)
+    return f"{description}\n{text}" if text else description
 
 
-def _kv(params: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in params.items()) or "-"
+def _params_text(params: Any, skip: Any = None) -> str:
+    """One line per parameter of a parameters model: name=default, then what it does."""
+    shared = skip.model_fields if skip is not None else {}
+    return "\n".join(
+        f"  {name}={default}[dim]  {description}[/dim]"
+        for name, default, description in params.described()
+        if name not in shared or shared[name].default != default
+    )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -189,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides=parse_set_options(args.set),
     )
     from harness.train import train_run
+    from tasks import get_task
 
     result = train_run(
         cfg,
@@ -200,8 +219,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run {result.run_id}  {cfg.run_name}  outcome={result.outcome}")
     for key in sorted(result.metrics):
         print(f"  {key:<10} {result.metrics[key]:.4f}")
-    if "unigram_bpc" in result.data_info:
-        print(f"  unigram entropy of the corpus: {float(result.data_info['unigram_bpc']):.4f} bpc")
+    if "chance" in result.data_info:
+        metric = get_task(cfg.task).metric
+        chance = float(result.data_info["chance"])
+        print(f"  chance: {chance:.4f} ({metric.label} of the best input-blind predictor)")
     print(f"  {result.seconds:.1f} s; stored in {uri} (experiment {args.experiment!r})")
     print(f"  browse: {_browse_hint(uri)}")
     return 0
@@ -216,18 +237,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_grid(args.grid)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be >= 1")
-    if args.ray_address and args.backend != "ray":
-        raise UserError("--ray-address: only with --backend ray")
+    options = backends.chosen_options(args)
     if args.experiment is not None:
         check_experiment_name(args.experiment)
-    workers = args.workers or os.cpu_count() or 1
-    from harness.launch import Launcher, check_cells
+    from harness.launch import Launcher
+    from harness.preflight import check_cells
     from harness.train import quiet_libraries
 
     quiet_libraries()
     if args.dry_run:
         check_cells(spec)  # every cell's data and model, as a real run checks them first
-        _print_plan(spec, plan(spec), workers)
+        _print_plan(spec, plan(spec), args.workers or os.cpu_count() or 1)
         return 0
     from mlflow import MlflowClient
 
@@ -235,19 +255,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
-    if args.backend == "ray":
-        from harness.backends.ray import LOCAL
-        from harness.backends.ray import check as check_ray
-
-        check_ray(args.ray_address, uri)
-        if args.workers is None and args.ray_address not in LOCAL:
-            workers = None  # the cluster's CPUs, once connected
+    backends.check(args.backend, uri, options)
     check_cells(spec)  # every bad value stops here, before any run exists
     experiment = args.experiment or spec.name
     console = Console(stderr=True)
     launcher = Launcher(
-        spec, MlflowClient(uri), experiment, workers, args.accelerator, console,
-        progress=not args.no_progress, backend=args.backend, ray_address=args.ray_address,
+        spec, MlflowClient(uri), experiment, args.workers, args.accelerator, console,
+        progress=not args.no_progress, backend=args.backend, backend_options=options,
     )  # fmt: skip
     launcher.prepare()
     try:
@@ -296,8 +310,8 @@ def _print_outcome(outcome: Any, experiment: str, uri: str) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from mlflow import MlflowClient
 
-    from harness.launch import grid_status
     from harness.spec import load_grid
+    from harness.status import grid_status
     from harness.store import check_tracking_uri, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)

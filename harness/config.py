@@ -3,46 +3,112 @@
 A `RunConfig` is the normalised cell of DESIGN.md: every value that decides what is trained,
 with all defaults filled in. Its hash is `harness.cell_id`; its flat form is the MLflow params.
 
-Overridable sections (`--set section.key=value`, or the same dotted keys in a grid):
-`task.*` (the task's parameters), `model.*`, `attention.*` (the attention kind's parameters),
-`optim.*` (the optimizer's parameters, see harness.optim) and `train.*`.
+Overridable sections (`--set section.key=value`, or the same dotted keys in a grid), each one
+pydantic parameters model: `task.*` (the task's `Task.params`), `model.*` (`ModelParams`),
+`attention.*` (the attention kind's), `optim.*` (the optimizer's, see harness.optim) and
+`train.*` (`TrainParams`). `run_model` puts the sections of one task x attention x optimizer
+under one model with the run's axes (lr, seed, steps, phase), so one validation checks every
+value, field paths come from pydantic's own error locations, and the checks that span
+sections (attention widths against the model's) are its validators. Last,
+`harness.memory.check_memory` refuses a run that would not fit in this machine's memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from functools import cache
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 
 from harness.errors import UserError
-from harness.models.attention import ATTENTION, check_attention
-from harness.optim import OPTIMIZERS, SCHEDULES, param_defaults
+from harness.memory import check_memory
+from harness.models.attention import ATTENTION, AttentionParams
+from harness.optim import OPTIMIZERS
 from tasks import TaskInputError, get_task
+from tasks.params import Count, Params, Real, Width, error_path, invalid
 
-MAX_WIDTH = 2**16  # any model width above this is a mistake on one machine
-MODEL_DEFAULTS: dict[str, Any] = {
-    "d_model": 64,
-    "n_layers": 2,
-    "d_ff": 256,
-    # Total query/key width of each attention layer, for every kind: per head d_k / n_heads
-    # (multihead, additive), and a d_k that n_heads does not divide is a UserError. For an
-    # explicit per-head width instead, set attention.d_head (multihead) or attention.d_attn
-    # (additive); the total is then n_heads times it. 64 = d_model, as in Vaswani et al.
-    "d_k": 64,
-    "dropout": 0.0,
-}
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "batch_size": 64,
-    "val_every": 100,  # steps between validations (and one at the end)
-    "log_every": 10,  # steps between lr / time / throughput points (train/loss: every step)
-}
 PHASES = ("tune", "final")
 MAX_SEED = 2**32 - 1  # the range every seeding library accepts (numpy's is the narrowest)
+SECTIONS = ("task", "model", "attention", "optim", "train")
+
+
+class ModelParams(Params):
+    d_model: Width = Field(64, description="width of the residual stream")
+    n_layers: Width = Field(2, description="transformer blocks")
+    d_ff: Width = Field(256, description="hidden width of each feed-forward layer")
+    d_k: Width = Field(
+        64,
+        description="total query/key width of each attention layer, for every kind (per head "
+        "d_k / n_heads, which must divide; attention.d_head or attention.d_attn set a per-head "
+        "width instead)",
+    )
+    dropout: Annotated[Real, Field(ge=0, lt=1)] = Field(0.0, description="dropout probability")
+
+
+class TrainParams(Params):
+    batch_size: Count = Field(64, description="examples per step")
+    val_every: Count = Field(100, description="steps between validations (and one at the end)")
+    log_every: Count = Field(10, description="steps between lr / time / throughput points")
+
+
+MODEL_DEFAULTS: dict[str, Any] = ModelParams.defaults()
+TRAIN_DEFAULTS: dict[str, Any] = TrainParams.defaults()
+
+
+class RunParams(BaseModel):
+    """The run's axes; `run_model` adds one field per section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lr: Annotated[Real, Field(gt=0)]
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
+    steps: Count
+    phase: Literal[PHASES] = "final"
+
+    @model_validator(mode="after")
+    def _widths(self) -> RunParams:
+        """The attention kind's widths against the model's (n_heads dividing d_model, d_k)."""
+        model: ModelParams = self.model  # type: ignore[attr-defined]
+        attention: AttentionParams = self.attention  # type: ignore[attr-defined]
+        try:
+            attention.check_widths(model.d_model, model.d_k)
+        except ValueError as err:
+            n_heads = attention.heads()[0]
+            at = "attention.n_heads" if model.d_model % n_heads else "model.d_k"
+            values = {"model.d_model": model.d_model, "model.d_k": model.d_k}
+            values |= {f"attention.{k}": v for k, v in attention.model_dump().items()}
+            shown = ", ".join(f"{k}={v}" for k, v in values.items() if k != at and v is not None)
+            raise invalid(at, f"with {shown}: {err}") from None
+        return self
+
+
+@cache
+def run_model(task: str, attention: str, optimizer: str) -> type[RunParams]:
+    """The parameters model of one task x attention x optimizer: RunParams and its sections."""
+    sections: dict[str, type[BaseModel]] = {
+        "task": get_task(task).params,
+        "model": ModelParams,
+        "attention": ATTENTION[attention].params,
+        "optim": OPTIMIZERS[optimizer].params,
+        "train": TrainParams,
+    }
+    fields: dict[str, Any] = {
+        name: (model, Field(default_factory=model)) for name, model in sections.items()
+    }
+    return create_model(f"Run_{task}_{attention}_{optimizer}", __base__=RunParams, **fields)
 
 
 @dataclass(frozen=True)
@@ -98,6 +164,21 @@ class RunConfig:
         }
 
 
+class ConfigError(UserError):
+    """A value resolve() refuses. `key` is the dotted key at fault ("model.d_k", "lr"; None for
+    the run as a whole), `reason` the message without it; str() is the one line for users."""
+
+    def __init__(self, key: str | None, reason: str, value: Any = None, given: bool = False):
+        self.key, self.reason, self.value, self.given = key, reason, value, given
+        super().__init__(self.line(None if key is None else shown_key(key)))
+
+    def line(self, where: str | None) -> str:
+        """The message with the key shown as `where` (e.g. the grid field that set it)."""
+        if where is None:
+            return self.reason
+        return f"{where}={self.value!r}: {self.reason}" if self.given else f"{where}: {self.reason}"
+
+
 def resolve(
     task: str,
     attention: str,
@@ -109,38 +190,36 @@ def resolve(
     phase: str = "final",
     overrides: Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """Fill in defaults, apply dotted overrides, and check every value a user can get wrong."""
+    """Fill in defaults, apply dotted overrides, and check every value a user can get wrong
+    (a `ConfigError` naming the key, or a UserError for an unknown name)."""
     try:
         task_spec = get_task(task)
     except TaskInputError as err:
         raise UserError(str(err)) from None
     _check_choice("attention", attention, ATTENTION)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
-    _check_choice("phase", phase, PHASES)
-    sections = {
-        "task": dict(task_spec.params),
-        "model": dict(MODEL_DEFAULTS),
-        "attention": dict(ATTENTION[attention].params),
-        "optim": param_defaults(optimizer),
-        "train": dict(TRAIN_DEFAULTS),
+    given: dict[str, Any] = {
+        "lr": OPTIMIZERS[optimizer].default_lr if lr is None else lr,
+        "seed": seed,
+        "steps": task_spec.default_steps if steps is None else steps,
+        "phase": phase,
+        **_nest(overrides or {}),
     }
-    for key, value in (overrides or {}).items():
-        _apply_override(sections, key, value)
-    lr = OPTIMIZERS[optimizer].default_lr if lr is None else lr
-    steps = task_spec.default_steps if steps is None else steps
-    _check_positive("lr", lr, float)
-    _check_positive("steps", steps, int)
-    _check_int("seed", seed, minimum=0, maximum=MAX_SEED)
-    _check_sections(sections)
-    _check_attention_widths(attention, sections["model"], sections["attention"])
+    model = run_model(task, attention, optimizer)
+    try:
+        run = model.model_validate(given)
+    except ValidationError as err:
+        raise _config_error(err.errors(include_url=False)[0], given, model) from None
+    check_memory(run, ConfigError)
+    sections = {name: getattr(run, name).model_dump() for name in SECTIONS}
     return RunConfig(
         task=task,
         attention=attention,
         optimizer=optimizer,
-        lr=float(lr),
-        seed=int(seed),
-        steps=int(steps),
-        phase=phase,
+        lr=run.lr,
+        seed=run.seed,
+        steps=run.steps,
+        phase=run.phase,
         task_params=sections["task"],
         model=sections["model"],
         attention_params=sections["attention"],
@@ -169,94 +248,45 @@ def shown_key(key: Any) -> str:
     return key if isinstance(key, str) and key.isprintable() else repr(key)
 
 
-def _apply_override(sections: dict[str, dict[str, Any]], key: str, value: Any) -> None:
-    prefix, _, name = key.partition(".")
-    if prefix not in sections or not name:
-        raise UserError(
-            f"{shown_key(key)}: unknown key (keys look like SECTION.NAME with SECTION one of: "
-            f"{', '.join(sections)})"
-        )
-    section = sections[prefix]
-    if name not in section:
-        choices = ", ".join(f"{prefix}.{k}" for k in sorted(section)) or "none"
-        raise UserError(f"{shown_key(key)}: unknown key (choose from: {choices})")
-    section[name] = _coerce(key, value, section[name])
+def _nest(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """{"model.d_k": 8} -> {"model": {"d_k": 8}}; a key outside the sections is an error."""
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        prefix, _, name = str(key).partition(".")
+        if prefix not in SECTIONS or not name:
+            raise ConfigError(
+                key,
+                "unknown key (keys look like SECTION.NAME with SECTION one of: "
+                f"{', '.join(SECTIONS)})",
+            )
+        nested.setdefault(prefix, {})[name] = value
+    return nested
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Give `value` the type of `default`; None defaults accept numbers or null."""
-    if isinstance(value, str) and (default is None or isinstance(default, float)):
-        value = _float_or_str(value)  # YAML 1.1 reads 1e-8 (no dot) as a string
-    if default is None or value is None:
-        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
-            return value
-        raise UserError(f"{key}={value!r}: expected a number or null")
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"{key}={value!r}: expected true or false")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise UserError(f"{key}={value!r}: expected an integer")
-    if isinstance(default, float):
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            return float(value)
-        raise UserError(f"{key}={value!r}: expected a finite number")
-    if isinstance(value, str):
-        return value
-    raise UserError(f"{key}={value!r}: expected a string")
+def _config_error(
+    error: Mapping[str, Any], given: Mapping[str, Any], model: type[RunParams]
+) -> ConfigError:
+    """One pydantic error as a ConfigError on the dotted key it is about."""
+    path = error_path(error)
+    if not path:
+        return ConfigError(None, error["msg"])
+    key = ".".join(path)
+    if error["type"] == "extra_forbidden" and len(path) == 2:
+        fields = model.model_fields[path[0]].annotation.model_fields  # type: ignore[union-attr]
+        choices = ", ".join(f"{path[0]}.{name}" for name in sorted(fields)) or "none"
+        return ConfigError(key, f"unknown key (choose from: {choices})")
+    node: Any = given
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return ConfigError(key, _lower(error["msg"]))
+        node = node[part]
+    return ConfigError(key, _lower(error["msg"]), node, given=True)
 
 
-def _float_or_str(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def _lower(message: str) -> str:
+    return message[:1].lower() + message[1:]
 
 
-def _check_sections(sections: dict[str, dict[str, Any]]) -> None:
-    model, optim, train = sections["model"], sections["optim"], sections["train"]
-    for name in ("d_model", "n_layers", "d_ff", "d_k"):  # torch takes sizes as int64
-        _check_int(f"model.{name}", model[name], minimum=1, maximum=MAX_WIDTH)
-    if not 0.0 <= model["dropout"] < 1.0:
-        raise UserError(f"model.dropout={model['dropout']}: must be in [0, 1)")
-    for name in ("batch_size", "val_every", "log_every"):
-        _check_positive(f"train.{name}", train[name], int)
-    _check_choice("optim.schedule", optim["schedule"], SCHEDULES)
-    _check_int("optim.warmup_steps", optim["warmup_steps"], minimum=0)
-    if optim["grad_clip"] < 0:
-        raise UserError(f"optim.grad_clip={optim['grad_clip']}: must be >= 0 (0 = off)")
-    if optim["weight_decay"] < 0:
-        raise UserError(f"optim.weight_decay={optim['weight_decay']}: must be >= 0")
-
-
-def _check_attention_widths(attention: str, model: dict[str, Any], params: dict[str, Any]) -> None:
-    """The widths the attention module would reject (d_k vs n_heads, d_model vs n_heads)."""
-    try:
-        check_attention(attention, model["d_model"], model["d_k"], **params)
-    except (ValueError, TypeError, OverflowError) as err:  # as torch would reject them later
-        shown = ", ".join(f"attention.{k}={v}" for k, v in params.items() if v is not None)
-        raise UserError(
-            f"attention {attention!r} with model.d_model={model['d_model']}, "
-            f"model.d_k={model['d_k']}{', ' + shown if shown else ''}: {err}"
-        ) from None
-
-
-def _check_choice(name: str, value: str, choices: Mapping[str, Any] | tuple[str, ...]) -> None:
+def _check_choice(name: str, value: str, choices: Mapping[str, Any]) -> None:
     if value not in choices:
         raise UserError(f"unknown {name} {value!r} (choose from: {', '.join(sorted(choices))})")
-
-
-def _check_positive(name: str, value: Any, kind: type) -> None:
-    ok_type = isinstance(value, int | float) if kind is float else isinstance(value, int)
-    if isinstance(value, bool) or not ok_type or not 0 < value < math.inf:
-        what = "a number" if kind is float else "an integer"
-        raise UserError(f"{name}={value!r}: must be {what} > 0")
-
-
-def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"{name}={value!r}: must be an integer >= {minimum}")
-    if maximum is not None and value > maximum:
-        raise UserError(f"{name}={value!r}: must be an integer <= {maximum}")

@@ -5,14 +5,16 @@ in a grid), the learning rate used when none is given, and a log-spaced learning
 the tune phase of the fair-comparison protocol. Defaults follow torch.optim's documentation
 (Adam: betas 0.9/0.999, eps 1e-8, Kingma & Ba 2015), except SGD's momentum, 0.9 here.
 
-Shared by every optimizer (`SHARED_PARAMS`): weight decay, an optional linear warm-up followed
-by cosine decay to zero, and optional gradient clipping by global norm.
+Each entry's parameters are a pydantic model (`OptimParams` subclass: defaults, valid ranges,
+descriptions; `torch_kwargs` turns them into the torch.optim arguments). Shared by every
+optimizer (`OptimParams` itself): weight decay, an optional linear warm-up followed by cosine
+decay to zero, and optional gradient clipping by global norm.
 
 Weight decay applies only to weight matrices and embeddings (parameters with ndim >= 2), never
 to biases, LayerNorm gains and biases, or parameters a module lists in its `no_decay` attribute
 (additive attention's `v_a`), for every optimizer given a decay: nanoGPT's
-`configure_optimizers` split (`param_groups`). Each optimizer's default decay is
-`OptimizerSpec.weight_decay`: 0 for all but AdamW.
+`configure_optimizers` split (`param_groups`). Each optimizer's default decay is its model's
+`weight_decay` default: 0 for all but AdamW.
 
 AdamW's default decay, ADAMW_WEIGHT_DECAY = 0.1 (nanoGPT's and GPT-3's value; torch's default
 is 0.01). Decoupled decay multiplies the decayed weights by (1 - lr * wd) every step, so its
@@ -35,28 +37,91 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import Field, StrictBool, model_validator
 from torch import nn
+
+from tasks.params import NonNegative, Params, Real, invalid, validated
+
+SCHEDULES = ("constant", "cosine")
+ADAMW_WEIGHT_DECAY = 0.1  # see the module docstring for the measurement behind it
+
+NonNegativeReal = Annotated[Real, Field(ge=0)]
+Beta = Annotated[Real, Field(ge=0, lt=1)]  # torch.optim's range for betas and alpha-like rates
+
+
+class OptimParams(Params):
+    """What every optimizer takes (`optim.*`); subclasses add the optimizer's own."""
+
+    weight_decay: NonNegativeReal = Field(
+        0.0, description="decay of weight matrices and embeddings only (0 = off)"
+    )
+    warmup_steps: NonNegative = Field(0, description="steps of linear warm-up from 0")
+    schedule: Literal[SCHEDULES] = Field(
+        "constant", description="after warm-up: constant, or cosine decay to 0 at the last step"
+    )
+    grad_clip: NonNegativeReal = Field(
+        0.0, description="clip the global gradient norm to this value (0 = off)"
+    )
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        """The optimizer's own arguments as its torch.optim class takes them."""
+        return {}
+
+
+class AdamParams(OptimParams):
+    beta1: Beta = Field(0.9, description="decay of the first-moment average")
+    beta2: Beta = Field(0.999, description="decay of the second-moment average")
+    eps: NonNegativeReal = Field(1e-8, description="added to the denominator")
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"betas": (self.beta1, self.beta2), "eps": self.eps}
+
+
+class AdamWParams(AdamParams):
+    weight_decay: NonNegativeReal = Field(
+        ADAMW_WEIGHT_DECAY, description="decoupled decay of weight matrices and embeddings"
+    )
+
+
+class SgdParams(OptimParams):
+    momentum: NonNegativeReal = Field(0.9, description="heavy-ball momentum")
+    nesterov: StrictBool = Field(False, description="Nesterov momentum (needs momentum > 0)")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> SgdParams:
+        if self.nesterov and self.momentum <= 0:  # torch.optim.SGD refuses it
+            raise invalid("nesterov", "needs optim.momentum > 0")
+        return self
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class RmspropParams(OptimParams):
+    alpha: Beta = Field(0.99, description="decay of the squared-gradient average")
+    eps: NonNegativeReal = Field(1e-8, description="added to the denominator")
+    momentum: NonNegativeReal = Field(0.0, description="momentum (0 = off)")
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "eps": self.eps, "momentum": self.momentum}
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
     name: str
     cls: type[torch.optim.Optimizer]
-    params: Mapping[str, Any]  # optimizer-specific hyper-parameters with their defaults
+    params: type[OptimParams]  # every `optim.*` parameter: defaults, ranges, descriptions
     default_lr: float
     lr_grid: tuple[float, ...]  # tried in the tune phase, log-spaced
     description: str
-    weight_decay: float = 0.0  # default of `optim.weight_decay`
 
 
 # Adaptive methods: 1e-4 .. 1e-2 in half-decades. SGD: 1e-3 .. 1 (its useful range is higher).
 _ADAPTIVE_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 _SGD_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
-
-ADAMW_WEIGHT_DECAY = 0.1  # see the module docstring for the measurement behind it
 
 OPTIMIZERS: dict[str, OptimizerSpec] = {
     spec.name: spec
@@ -64,7 +129,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "adam",
             torch.optim.Adam,
-            {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+            AdamParams,
             1e-3,
             _ADAPTIVE_GRID,
             "Adam (Kingma & Ba 2015); weight decay, if any, added to the gradient (L2)",
@@ -72,16 +137,15 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "adamw",
             torch.optim.AdamW,
-            {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8},
+            AdamWParams,
             1e-3,
             _ADAPTIVE_GRID,
             "AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay",
-            ADAMW_WEIGHT_DECAY,
         ),
         OptimizerSpec(
             "sgd",
             torch.optim.SGD,
-            {"momentum": 0.9, "nesterov": False},
+            SgdParams,
             1e-1,
             _SGD_GRID,
             "SGD with heavy-ball momentum (optionally Nesterov)",
@@ -89,7 +153,7 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
         OptimizerSpec(
             "rmsprop",
             torch.optim.RMSprop,
-            {"alpha": 0.99, "eps": 1e-8, "momentum": 0.0},
+            RmspropParams,
             1e-3,
             _ADAPTIVE_GRID,
             "RMSprop (Hinton 2012), torch's defaults: alpha 0.99, eps 1e-8",
@@ -97,21 +161,10 @@ OPTIMIZERS: dict[str, OptimizerSpec] = {
     )
 }
 
-# Hyper-parameters every optimizer accepts. weight_decay's default is the optimizer's own
-# (`OptimizerSpec.weight_decay`), filled in by `param_defaults`.
-SHARED_PARAMS: dict[str, Any] = {
-    "weight_decay": 0.0,
-    "warmup_steps": 0,
-    "schedule": "constant",  # or "cosine": decay to 0 at the last step, after warm-up
-    "grad_clip": 0.0,  # clip the global gradient norm to this value; 0 = off
-}
-SCHEDULES = ("constant", "cosine")
-
 
 def param_defaults(name: str) -> dict[str, Any]:
     """Every `optim.*` parameter of optimizer `name` with its default."""
-    spec = OPTIMIZERS[name]
-    return {**SHARED_PARAMS, "weight_decay": spec.weight_decay, **spec.params}
+    return OPTIMIZERS[name].params.defaults()
 
 
 def decays(module: nn.Module, name: str, param: nn.Parameter) -> bool:
@@ -139,14 +192,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build_optimizer(
     name: str, model: nn.Module, lr: float, params: Mapping[str, Any]
 ) -> torch.optim.Optimizer:
-    """Optimizer `name` over `model`'s trainable parameters with resolved `params` (see
-    `param_defaults`); weight decay only on the parameters `decays` selects."""
+    """Optimizer `name` over `model`'s trainable parameters with `params` (any of its
+    `optim.*` parameters; the rest keep their defaults); weight decay only on the parameters
+    `decays` selects."""
     spec = OPTIMIZERS[name]
-    kwargs = {k: params[k] for k in spec.params}
-    if "beta1" in kwargs:
-        kwargs["betas"] = (kwargs.pop("beta1"), kwargs.pop("beta2"))
-    decay = spec.weight_decay if params.get("weight_decay") is None else params["weight_decay"]
-    return spec.cls(param_groups(model, float(decay)), lr=lr, **kwargs)
+    p: OptimParams = validated(spec.params, params, "optim")
+    return spec.cls(param_groups(model, p.weight_decay), lr=lr, **p.torch_kwargs())
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -1,33 +1,61 @@
-"""Attention maps on a fixed probe batch: the first test example, every layer, up to 4 heads."""
+"""Attention maps on a fixed probe batch: the first test example, every layer, up to 4 heads.
+
+A kind that cannot return its weights (linear attention, say: its forward gives no maps, or
+raises NotImplementedError when asked for them) has no figure: the run records why in the
+`harness.no_attention_maps` tag and stays a finished run.
+"""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from matplotlib.figure import Figure
 
+from harness import schema
 from harness.models.lightning_module import AttentionTaskModule
+from harness.tracking import MlflowRunLogger
 from tasks import TaskData
+from tasks.loaders import batch
 
 MAX_HEADS = 4
 MAX_LABELLED_LEN = 40  # label the axes with tokens only when they stay readable
 
+log = logging.getLogger(__name__)
+
 
 @torch.no_grad()
-def attention_maps(module: AttentionTaskModule, data: TaskData) -> list[torch.Tensor]:
-    """Each layer's weights (h, L, L) on test example 0 (padded positions cut off)."""
+def attention_maps(module: AttentionTaskModule, data: TaskData) -> list[torch.Tensor] | None:
+    """Each layer's weights (h, L, L) on test example 0 (padded positions cut off); None when
+    the model cannot return attention weights."""
     split = data.test
-    batch = {"x": split.x[:1]}
-    if split.padding is not None:
-        batch["padding"] = split.padding[:1]
-    if split.score_mask is not None:
-        batch["score_mask"] = split.score_mask[:1]
-    batch = {k: v.to(module.device) for k, v in batch.items()}
+    probe = {k: v.to(module.device) for k, v in batch(split, slice(0, 1)).items()}
     was_training = module.training
     module.eval()
-    _, maps = module(batch, need_weights=True)
-    module.train(was_training)
+    try:
+        _, maps = module(probe, need_weights=True)
+    except NotImplementedError:
+        maps = None
+    finally:
+        module.train(was_training)
+    if not maps:
+        return None
     length = split.x.shape[1] if split.padding is None else int((~split.padding[0]).sum())
     return [m[0, :, :length, :length].float().cpu() for m in maps]
+
+
+def log_attention_figure(
+    logger: MlflowRunLogger, module: AttentionTaskModule, data: TaskData, title: str
+) -> None:
+    """The probe batch's attention maps as the run's figure, or a note of why there is none."""
+    maps = attention_maps(module, data)
+    if maps is None:
+        note = "the attention kind returns no attention weights"
+        log.info("%s: no attention maps: %s", title, note)
+        logger.set_tags({schema.NO_ATTENTION_MAPS: note})
+        return
+    fig = attention_figure(maps, data, title)
+    logger.client.log_figure(logger.run_id, fig, schema.ATTENTION_MAPS)
 
 
 def attention_figure(maps: list[torch.Tensor], data: TaskData, title: str) -> Figure:

@@ -14,7 +14,12 @@
 Every error a user can make ends in one `UserError` line "<file>: <field path>: <what>", e.g.
 "grids/x.yaml: optimizers[2].lr: input should be greater than 0 (got -0.1)". Entries and values
 are checked by pydantic, then names against the registries, then every task x attention x
-optimizer x sweep point through `harness.config.resolve`, so a grid that loads can be launched.
+optimizer x sweep point through `harness.config.resolve` (the registries' parameters models),
+whose errors name the dotted key at fault, mapped back to the grid field that set it; so a grid
+that loads can be launched. harness.spec_schema gives the file's JSON Schema (`harness schema`).
+
+About 420 lines: the grid file's whole contract with users (its models, how overrides combine,
+and every error message) reads in one place.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictInt,
@@ -40,11 +44,12 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from harness.config import MAX_SEED, resolve, shown_key
+from harness.config import MAX_SEED, ConfigError, resolve, shown_key
 from harness.errors import UserError
 from harness.models.attention import ATTENTION
-from harness.optim import OPTIMIZERS, param_defaults
+from harness.optim import OPTIMIZERS
 from tasks import TASKS
+from tasks.params import MAX_COUNT, Real, yaml_number
 
 # A safe path component: it names the MLflow experiment and the report folder.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
@@ -52,28 +57,13 @@ NAME_RULE = (
     "must be 1-64 characters of letters, digits, '_', '.', '-', not starting with '.' or '-' "
     "(it names the MLflow experiment and the report folder)"
 )
-# PyYAML reads YAML 1.1, where `3e-3` (no dot) is a string; YAML 1.2 and users read a number.
-_EXPONENT_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
 
 
 # --------------------------------------------------------------------------- value types
 
 
-def _yaml_number(value: Any) -> Any:
-    """`"3e-3"` -> 0.003 (see _EXPONENT_NUMBER); anything else unchanged."""
-    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
-        return float(value)
-    return value
-
-
-def _number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("number_type", "expected a number")
-    return _yaml_number(value)
-
-
 def _scalar_values(params: dict[str, Any]) -> dict[str, Any]:
-    return {key: _yaml_number(value) for key, value in params.items()}
+    return {key: yaml_number(value) for key, value in params.items()}
 
 
 def _distinct(values: list[Any]) -> list[Any]:
@@ -83,8 +73,8 @@ def _distinct(values: list[Any]) -> list[Any]:
     return values
 
 
-PositiveInt = Annotated[StrictInt, Field(gt=0)]
-PositiveFloat = Annotated[float, BeforeValidator(_number), Field(gt=0, allow_inf_nan=False)]
+PositiveInt = Annotated[StrictInt, Field(gt=0, le=MAX_COUNT)]
+PositiveFloat = Annotated[Real, Field(gt=0)]
 Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Params = Annotated[dict[str, Any], AfterValidator(_scalar_values)]
 SeedList = Annotated[list[Seed], Field(min_length=1), AfterValidator(_distinct)]
@@ -92,7 +82,7 @@ LrGrid = Annotated[list[PositiveFloat], Field(min_length=1), AfterValidator(_dis
 SweepValues = Annotated[
     list[Any],
     Field(min_length=1),
-    AfterValidator(lambda values: _distinct([_yaml_number(v) for v in values])),
+    AfterValidator(lambda values: _distinct([yaml_number(v) for v in values])),
 ]
 
 
@@ -389,9 +379,9 @@ def _field_path(loc: Sequence[Any], data: Any) -> str:
 def _check_duplicates(spec: GridSpec) -> None:
     """Two entries with the same name and (default-filled) params would be one group twice."""
     lists: list[tuple[str, Sequence[_Entry], Any]] = [
-        ("tasks", spec.tasks, lambda name: TASKS[name].params),
-        ("attention", spec.attention, lambda name: ATTENTION[name].params),
-        ("optimizers", spec.optimizers, param_defaults),
+        ("tasks", spec.tasks, lambda name: TASKS[name].params.defaults()),
+        ("attention", spec.attention, lambda name: ATTENTION[name].params.defaults()),
+        ("optimizers", spec.optimizers, lambda name: OPTIMIZERS[name].params.defaults()),
     ]
     for field, entries, defaults in lists:
         seen: list[tuple[str, dict[str, Any]]] = []
@@ -420,19 +410,19 @@ def _check_combinations(spec: GridSpec) -> None:
                     steps=entry_steps(spec, t),
                     overrides={key: item.value for key, item in overrides.items()},
                 )
-            except UserError as err:
-                raise UserError(_locate(str(err), overrides, "/".join(names))) from None
+            except ConfigError as err:
+                raise UserError(_locate(err, overrides, "/".join(names))) from None
 
 
-def _locate(message: str, overrides: Mapping[str, Override], label: str) -> str:
-    """Put the spec path of the override a resolve() message is about in front of it."""
-    for key in sorted(overrides, key=len, reverse=True):
-        origin = overrides[key].origin
-        shared = origin.startswith("sweep.") and key.startswith(("task.", "attention.", "optim."))
-        where = f" (with {label})" if shared else ""
-        shown = shown_key(key)
-        if message.startswith((f"{shown}:", f"{shown}=")):
-            return f"{origin}{message[len(shown) :]}{where}"
-        if f" {key} " in message:
-            return f"{origin}: {message}{where}"
-    return f"{message} (with {label})"
+def _locate(err: ConfigError, overrides: Mapping[str, Override], label: str) -> str:
+    """A resolve() error with the grid field that set its key in place of the key; the
+    combination is named when the field is not one entry's own (a sweep over entry params, a
+    default, the run as a whole)."""
+    item = overrides.get(err.key) if err.key is not None else None
+    if item is None:
+        return f"{err} (with {label})"
+    assert err.key is not None
+    shared = item.origin.startswith("sweep.") and err.key.startswith(
+        ("task.", "attention.", "optim.")
+    )
+    return err.line(item.origin) + (f" (with {label})" if shared else "")

@@ -32,6 +32,7 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.trainer.states import TrainerFn
 
 import harness
+from harness import schema
 from harness.config import RunConfig
 from tasks import get_task
 
@@ -100,7 +101,7 @@ class MlflowRunLogger(Logger):
         before the next write, which may fail."""
         all_tags = dict(tags)
         if parent_run_id:
-            all_tags["mlflow.parentRunId"] = parent_run_id
+            all_tags[schema.PARENT] = parent_run_id
         run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         return cls(client, run.info.run_id)
 
@@ -147,10 +148,10 @@ class MlflowRunLogger(Logger):
     def finish(self, status: str, outcome: str, error: str | None = None) -> None:
         """Flush, record the outcome (and the error, as a tag and an artifact), end the run."""
         self.flush()
-        tags = {"harness.outcome": outcome}
+        tags = {schema.OUTCOME: outcome}
         if error:
-            tags["harness.error"] = error.strip().splitlines()[-1][:500]
-            self.client.log_text(self.run_id, error, "error.txt")
+            tags[schema.ERROR] = error.strip().splitlines()[-1][:500]
+            self.client.log_text(self.run_id, error, schema.ERROR_TXT)
         self.set_tags(tags)
         self.client.set_terminated(self.run_id, status)
 
@@ -159,24 +160,27 @@ def run_tags(cfg: RunConfig, grid: str, sweep: Mapping[str, Any] | None = None) 
     """The schema's tags known before training (the worker adds harness.accelerator).
 
     Besides the cell's identity they hold what a report needs and cannot get from the training
-    code: how the task is scored (`harness.metric`, `harness.target`, `harness.higher_is_better`)
-    and the run's sweep point (`harness.sweep`, JSON; "{}" outside a sweep).
+    code: how the task is scored (its metric's name, label, bounds and direction, and the
+    task's target) and the run's sweep point (JSON; "{}" outside a sweep).
     """
     task = get_task(cfg.task)
+    metric = task.metric
     tags = {
-        "harness.cell_id": cfg.cell_id,
-        "harness.grid": grid,
-        "harness.phase": cfg.phase,
-        "harness.version": harness.__version__,
-        "harness.metric": task.metric,
-        "harness.target": f"{task.target:g}",
-        "harness.higher_is_better": str(task.higher_is_better).lower(),
-        "harness.sweep": json.dumps(dict(sweep or {}), sort_keys=True),
+        schema.CELL_ID: cfg.cell_id,
+        schema.GRID: grid,
+        schema.PHASE: cfg.phase,
+        schema.VERSION: harness.__version__,
+        schema.METRIC: metric.name,
+        schema.METRIC_LABEL: metric.label,
+        schema.METRIC_BOUNDS: metric.bounds_text,
+        schema.TARGET: f"{task.target:g}",
+        schema.HIGHER_IS_BETTER: str(metric.higher_is_better).lower(),
+        schema.SWEEP: json.dumps(dict(sweep or {}), sort_keys=True),
     }
     commit = git_commit()
     if commit:
-        tags["harness.git_commit"] = commit
-        tags["mlflow.source.git.commit"] = commit
+        tags[schema.GIT_COMMIT] = commit
+        tags[schema.MLFLOW_GIT_COMMIT] = commit
     return tags
 
 
@@ -185,18 +189,18 @@ def environment_tags() -> dict[str, str]:
     import mlflow
     import pytorch_lightning
 
-    tags = {
-        "env.python": platform.python_version(),
-        "env.torch": torch.__version__,
-        "env.pytorch_lightning": pytorch_lightning.__version__,
-        "env.mlflow": mlflow.__version__,
-        "env.platform": platform.platform(),
-        "env.cpu": platform.processor() or platform.machine(),
-        "env.cpu_count": str(os.cpu_count()),
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pytorch_lightning": pytorch_lightning.__version__,
+        "mlflow": mlflow.__version__,
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": str(os.cpu_count()),
     }
     if torch.cuda.is_available():
-        tags["env.gpu"] = torch.cuda.get_device_name(0)
-    return tags
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return {schema.ENV_PREFIX + key: value for key, value in env.items()}
 
 
 class StepMetrics(pl.Callback):
@@ -246,12 +250,13 @@ class StepMetrics(pl.Callback):
         n, last_step = len(self._losses), trainer.global_step
         logger = trainer.logger
         for i, (loss, norm) in enumerate(zip(*values, strict=True)):
-            logger.log_metrics({"train/loss": loss, "grad_norm": norm}, step=last_step - n + 1 + i)
+            step = last_step - n + 1 + i
+            logger.log_metrics({schema.TRAIN_LOSS: loss, schema.GRAD_NORM: norm}, step=step)
         logger.log_metrics(
             {
-                "lr": self._lr,
-                "time/step_ms": 1000.0 * elapsed / n,
-                "throughput/tokens_per_s": n * self.tokens_per_batch / max(elapsed, 1e-9),
+                schema.LR_METRIC: self._lr,
+                schema.STEP_MS: 1000.0 * elapsed / n,
+                schema.THROUGHPUT: n * self.tokens_per_batch / max(elapsed, 1e-9),
             },
             step=last_step,
         )

@@ -2,6 +2,9 @@
 
 Everything the user can get wrong (task parameters, corpus paths, attention parameters) is
 checked by `prepare`, before the MLflow run exists, so bad input never leaves a run behind.
+`build_module` is where a cell's config becomes objects: the model (`AttentionModel` around
+the cell's attention kind), the optimizer and scheduler factories, and the LightningModule
+that takes them ready-made.
 """
 
 from __future__ import annotations
@@ -11,18 +14,20 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import pytorch_lightning as pl
 import torch
 from mlflow import MlflowClient
 
+from harness import schema
 from harness.config import RunConfig
 from harness.errors import UserError
-from harness.models.lightning_module import AttentionTaskModule, Batch
-from harness.models.transformer import n_params
-from harness.probe import attention_figure, attention_maps
+from harness.models.lightning_module import AttentionTaskModule
+from harness.models.transformer import AttentionModel, n_params
+from harness.optim import build_optimizer, build_scheduler
+from harness.probe import log_attention_figure
 from harness.progress import StepProgress
 from harness.tracking import (
     MlflowRunLogger,
@@ -31,11 +36,10 @@ from harness.tracking import (
     experiment_id,
     run_tags,
 )
-from tasks import Split, Task, TaskData, TaskInputError, get_task
+from tasks import Task, TaskData, TaskInputError, get_task
+from tasks.loaders import EvalBatches, RandomBatches, batch, to_device
 
-EVAL_BATCH_SIZE = 500
 DIAGNOSTIC_BATCH_SIZE = 64  # the fixed validation batch of the attention diagnostics
-TEST_OUTCOMES = "test_outcomes.json"  # per-example test outcomes (artifact)
 
 
 @dataclass(frozen=True)
@@ -60,12 +64,33 @@ def prepare(cfg: RunConfig) -> tuple[Task, TaskData, AttentionTaskModule]:
         data = task.build(cfg.task_params, cfg.seed)
     except TaskInputError as err:
         raise UserError(str(err)) from None
-    torch.manual_seed(cfg.seed)  # parameter initialisation
     try:
-        module = AttentionTaskModule(cfg, task, data)
+        module = build_module(cfg, task, data)
     except ValueError as err:  # attention parameters the kind rejects (e.g. n_heads vs d_model)
         raise UserError(f"attention {cfg.attention}: {err}") from None
     return task, data, module
+
+
+def build_module(cfg: RunConfig, task: Task, data: TaskData) -> AttentionTaskModule:
+    """The cell's model, initialised from its seed, in a LightningModule with its optimizer."""
+    torch.manual_seed(cfg.seed)  # parameter initialisation
+    model = AttentionModel(
+        vocab_size=data.vocab_size,
+        n_outputs=data.n_outputs,
+        max_len=data.seq_len,
+        head=task.kind,
+        causal=task.causal,
+        attention=cfg.attention,
+        attention_params=cfg.attention_params,
+        **cfg.model,
+    )
+    return AttentionTaskModule(
+        model,
+        task=task,
+        optimizer=partial(build_optimizer, cfg.optimizer, lr=cfg.lr, params=cfg.optim),
+        scheduler=partial(build_scheduler, total_steps=cfg.steps, params=cfg.optim),
+        grad_clip=cfg.optim["grad_clip"],
+    )
 
 
 def train_run(
@@ -115,14 +140,14 @@ def run_cell(
         trainer.loggers = [logger]
         device = trainer.strategy.root_device
         data_info = data.info | split_sizes(data)
-        logger.log_params({f"data.{k}": str(v) for k, v in data_info.items()})
-        logger.log_params({"model.n_params": str(n_params(module.model))})
-        logger.set_tags({"harness.accelerator": device.type})
+        logger.log_params({schema.DATA_PREFIX + k: str(v) for k, v in data_info.items()})
+        logger.log_params({schema.N_PARAMS: str(n_params(module.model))})
+        logger.set_tags({schema.ACCELERATOR: device.type})
         outcome, fit_seconds = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
-        logger.client.log_dict(logger.run_id, cfg.to_dict(), "config.json")
+        logger.client.log_dict(logger.run_id, cfg.to_dict(), schema.CONFIG_JSON)
         if outcome == "ok":
-            logger.client.log_dict(logger.run_id, module.test_outcomes, TEST_OUTCOMES)
-            _log_attention_figure(logger, module, data, cfg)
+            logger.client.log_dict(logger.run_id, module.test_outcomes, schema.TEST_OUTCOMES)
+            log_attention_figure(logger, module, data, cfg.run_name)
         logger.finish("FINISHED", outcome)
     except (KeyboardInterrupt, SystemExit):
         logger.finish("KILLED", "killed")
@@ -145,19 +170,19 @@ def _fit_and_test(
     steps_cb: StepMetrics,
 ) -> tuple[str, float]:
     """Train, validate at the end, test; returns the outcome and the seconds `fit` took."""
-    train = RandomBatches(_to_device(data.train, device), cfg.train["batch_size"], cfg.seed)
-    val_split = _to_device(data.val, device)
+    train = RandomBatches(to_device(data.train, device), cfg.train["batch_size"], cfg.seed)
+    val_split = to_device(data.val, device)
     val = EvalBatches(val_split)
-    module.diagnostic_batch = _batch(val_split, slice(0, DIAGNOSTIC_BATCH_SIZE))
+    module.diagnostic_batch = batch(val_split, slice(0, DIAGNOSTIC_BATCH_SIZE))
     started = time.perf_counter()
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     fit_seconds = time.perf_counter() - started
     if steps_cb.diverged_at is not None:
-        module.logger.set_tags({"harness.diverged_at_step": str(steps_cb.diverged_at)})
+        module.logger.set_tags({schema.DIVERGED_AT: str(steps_cb.diverged_at)})
         return "diverged", fit_seconds
     if trainer.global_step % cfg.train["val_every"] != 0:  # always end on a validation
         trainer.validate(module, val, verbose=False)
-    trainer.test(module, EvalBatches(_to_device(data.test, device)), verbose=False)
+    trainer.test(module, EvalBatches(to_device(data.test, device)), verbose=False)
     return "ok", fit_seconds
 
 
@@ -175,59 +200,6 @@ def _trainer(cfg: RunConfig, accelerator: str, callbacks: list[pl.Callback]) -> 
         enable_progress_bar=False,
         num_sanity_val_steps=0,
     )
-
-
-def _log_attention_figure(
-    logger: MlflowRunLogger, module: AttentionTaskModule, data: TaskData, cfg: RunConfig
-) -> None:
-    fig = attention_figure(attention_maps(module, data), data, cfg.run_name)
-    logger.client.log_figure(logger.run_id, fig, "attention_maps.png")
-
-
-class RandomBatches:
-    """Endless training batches: a fresh permutation of the split every pass, from `seed`."""
-
-    def __init__(self, split: Split, batch_size: int, seed: int) -> None:
-        self.split, self.batch_size = split, min(batch_size, len(split))
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __iter__(self) -> Iterator[Batch]:
-        n = len(self.split)
-        while True:
-            order = torch.randperm(n, generator=self.generator).to(self.split.x.device)
-            for start in range(0, n - self.batch_size + 1, self.batch_size):
-                yield _batch(self.split, order[start : start + self.batch_size])
-
-
-class EvalBatches:
-    """The whole split in fixed order (a plain list would read as several loaders)."""
-
-    def __init__(self, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> None:
-        n = len(split)
-        self.batches = [
-            _batch(split, slice(i, min(i + batch_size, n))) for i in range(0, n, batch_size)
-        ]
-
-    def __iter__(self) -> Iterator[Batch]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def _batch(split: Split, index: torch.Tensor | slice) -> Batch:
-    batch = {"x": split.x[index], "y": split.y[index]}
-    if split.score_mask is not None:
-        batch["score_mask"] = split.score_mask[index]
-    if split.padding is not None:
-        batch["padding"] = split.padding[index]
-    return batch
-
-
-def _to_device(split: Split, device: torch.device) -> Split:
-    """Data goes to the device once per run, not once per batch."""
-    move = lambda t: None if t is None else t.to(device)  # noqa: E731
-    return Split(move(split.x), move(split.y), move(split.score_mask), move(split.padding))
 
 
 def _injected_fault(cfg: RunConfig) -> None:

@@ -1,8 +1,13 @@
-"""Task registry: names used in grids and on the command line, mapped to `Task` entries."""
+"""Task registry: names used in grids and on the command line, mapped to `Task` entries.
+
+Each entry's `params` is its parameters model (a `tasks.params.TaskParams` subclass: defaults,
+ranges, descriptions, checks across fields); its `build` receives the resolved values.
+"""
 
 from __future__ import annotations
 
 from tasks.base import Split, Task, TaskData, TaskInputError
+from tasks.params import TaskParams
 from tasks.synthetic import SYNTHETIC_TASKS
 from tasks.text import TEXT_TASKS
 
@@ -18,4 +23,4 @@ def get_task(name: str) -> Task:
         ) from None
 
 
-__all__ = ["TASKS", "Split", "Task", "TaskData", "TaskInputError", "get_task"]
+__all__ = ["TASKS", "Split", "Task", "TaskData", "TaskInputError", "TaskParams", "get_task"]

@@ -1,8 +1,8 @@
 """What every task provides: its declaration (`Task`) and its data (`TaskData`).
 
 A task is a registry entry, not a class hierarchy: a name, what kind of
-prediction it asks for, how it is scored, its parameters with defaults, and a
-`build` function that turns parameters and a seed into tensors.
+prediction it asks for, how it is scored (its `Metric` and loss, see tasks.metrics), its
+parameters with defaults, and a `build` function that turns parameters and a seed into tensors.
 
 Conventions shared by all tasks:
 - Inputs are token ids, shape (N, L), dtype long, right-padded with id 0 when
@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import torch
 
+from tasks.metrics import Loss, Metric, cross_entropy
+
 Kind = Literal["token", "classification"]
-MetricName = Literal["acc", "bpc"]
 
 
 class TaskInputError(ValueError):
@@ -68,7 +69,7 @@ class TaskData:
     n_outputs: int  # classes, or output vocabulary for per-token tasks
     # Facts about the data worth recording with the run (logged as `data.<key>`). Every task
     # gives `chance`: the test-split score, on the task's metric, of the best input-blind
-    # predictor fitted on the training split (`majority_accuracy`, or char_lm's unigram bpc).
+    # predictor fitted on the training split (`majority_accuracy`, or char_lm's unigram model).
     info: dict[str, float | int | str] = field(default_factory=dict)
     # Optional readable token names, for labelling attention maps.
     itos: list[str] | None = None
@@ -82,15 +83,16 @@ class TaskData:
 class Task:
     name: str
     kind: Kind
-    metric: MetricName
-    # Time-to-target threshold on the metric (reached when acc >= target, or bpc <= target).
+    metric: Metric  # how the task is scored (name, label, direction, bounds, computation)
+    # Time-to-target threshold on the metric (reached as `metric.reached(value, target)` says).
     target: float
     causal: bool  # whether the model may only look at earlier positions
     default_steps: int  # training steps when the user gives none
     params: Mapping[str, Any]  # every parameter with its default value
     build: Callable[[Mapping[str, Any], int], TaskData]  # (resolved params, seed) -> data
     description: str
+    loss: Loss = cross_entropy  # what training minimises; `<split>/loss` in nats
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric != "bpc"
+        return self.metric.higher_is_better

@@ -27,6 +27,9 @@ Labelled text (text_cls's `source`):
 
 Readers raise `TaskInputError` naming the parameter and the bad value. Results are cached
 per source (and per file modification time and size, so edited files are read again).
+
+About 450 lines: every source of text (files, folders, tables, Hugging Face, the two offline
+defaults and their disk cache) in one place, so a reader sees all that a task can read.
 """
 
 from __future__ import annotations

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field, StrictInt, model_validator
 
 from tasks.base import Split, Task, TaskData, TaskInputError, majority_accuracy
+from tasks.metrics import ACCURACY
+from tasks.params import MAX_COUNT, Count, TaskParams, Width, invalid, validated
 
 N_VAL = 1000
 N_TEST = 1000
@@ -36,13 +39,64 @@ def generator(stream: str, seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
-def check_int(params: Mapping[str, Any], name: str, low: int) -> int:
-    value = params[name]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TaskInputError(f"task.{name}={value!r}: must be an integer")
-    if value < low:
-        raise TaskInputError(f"task.{name}={value}: must be >= {low}")
-    return value
+# ---- parameters ----
+
+Vocabulary = Annotated[StrictInt, Field(ge=2, le=MAX_COUNT)]
+N_TRAIN = Field(20000, description="training examples, fresh samples from the run seed")
+
+
+def at_most(name: str, value: int, bound_name: str, bound: int) -> None:
+    """A task parameter that may not exceed another one."""
+    if value > bound:
+        raise invalid(name, f"must be <= task.{bound_name}={bound}")
+
+
+class SequenceParams(TaskParams):
+    """copy, reverse, sort: a random sequence, then SEP and one query slot per token."""
+
+    length: Width = Field(10, description="tokens in the sequence (and query slots)")
+    vocab_size: Vocabulary = Field(10, description="distinct data tokens")
+    n_train: Count = N_TRAIN
+
+    def size_bounds(self) -> tuple[int, int, int]:
+        return 2 * self.length + 1, self.vocab_size + 2, self.n_train
+
+
+class SelectiveCopyParams(TaskParams):
+    length: Width = Field(32, description="positions of the noise region")
+    n_data: Width = Field(8, description="data tokens scattered in the region (<= length)")
+    vocab_size: Vocabulary = Field(10, description="distinct data tokens")
+    n_train: Count = N_TRAIN
+
+    @model_validator(mode="after")
+    def _fits(self) -> SelectiveCopyParams:
+        at_most("n_data", self.n_data, "length", self.length)
+        return self
+
+    def size_bounds(self) -> tuple[int, int, int]:
+        return self.length + 1 + self.n_data, self.vocab_size + 3, self.n_train
+
+
+class AssocRecallParams(TaskParams):
+    n_pairs: Width = Field(8, description="key-value pairs per sequence (<= n_keys)")
+    n_queries: Width = Field(8, description="keys asked back per sequence (<= n_pairs)")
+    n_keys: Vocabulary = Field(32, description="distinct key tokens")
+    n_values: Vocabulary = Field(32, description="distinct value tokens")
+    n_train: Count = N_TRAIN
+
+    @model_validator(mode="after")
+    def _fits(self) -> AssocRecallParams:
+        at_most("n_pairs", self.n_pairs, "n_keys", self.n_keys)
+        at_most("n_queries", self.n_queries, "n_pairs", self.n_pairs)
+        return self
+
+    def size_bounds(self) -> tuple[int, int, int]:
+        return 2 * (self.n_pairs + self.n_queries), self.n_keys + self.n_values, self.n_train
+
+
+def task_params(model: type[TaskParams], params: Mapping[str, Any]) -> Any:
+    """A builder's parameters, checked (builders may be called directly, not only by runs)."""
+    return validated(model, params, "task", TaskInputError)
 
 
 def random_subsets(n: int, size: int, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -54,10 +108,9 @@ Sampler = Callable[[int, torch.Generator], Split]
 
 
 def make_data(
-    sample: Sampler, params: Mapping[str, Any], seed: int, n_outputs: int, itos: list[str]
+    sample: Sampler, n_train: int, seed: int, n_outputs: int, itos: list[str]
 ) -> TaskData:
     """`sample(n, gen) -> Split` applied to the train stream (run seed) and the fixed streams."""
-    n_train = check_int(params, "n_train", 1)
     train = sample(n_train, generator("train", seed))
     test = sample(N_TEST, generator("test", 0))
     return TaskData(
@@ -93,15 +146,15 @@ def build_sequence_task(
     params: Mapping[str, Any], seed: int, transform: Callable[[torch.Tensor], torch.Tensor]
 ) -> TaskData:
     """copy / reverse / sort: `transform` maps the (n, length) data to the (n, length) answers."""
-    length = check_int(params, "length", 1)
-    vocab = check_int(params, "vocab_size", 2)
+    p = task_params(SequenceParams, params)
+    length, vocab = p.length, p.vocab_size
     sep, query = vocab, vocab + 1
 
     def sample(n: int, gen: torch.Generator) -> Split:
         data = torch.randint(vocab, (n, length), generator=gen)
         return slot_split(data, transform(data), sep, query)
 
-    return make_data(sample, params, seed, vocab, symbol_names(vocab, "SEP", "Q"))
+    return make_data(sample, p.n_train, seed, vocab, symbol_names(vocab, "SEP", "Q"))
 
 
 def build_copy(params: Mapping[str, Any], seed: int) -> TaskData:
@@ -118,11 +171,8 @@ def build_sort(params: Mapping[str, Any], seed: int) -> TaskData:
 
 def build_selective_copy(params: Mapping[str, Any], seed: int) -> TaskData:
     """A region of NOISE with n_data data tokens at random positions; answer them in order."""
-    length = check_int(params, "length", 1)
-    n_data = check_int(params, "n_data", 1)
-    vocab = check_int(params, "vocab_size", 2)
-    if n_data > length:
-        raise TaskInputError(f"task.n_data={n_data}: must be <= task.length={length}")
+    p = task_params(SelectiveCopyParams, params)
+    length, n_data, vocab = p.length, p.n_data, p.vocab_size
     noise, sep, query = vocab, vocab + 1, vocab + 2
 
     def sample(n: int, gen: torch.Generator) -> Split:
@@ -131,7 +181,7 @@ def build_selective_copy(params: Mapping[str, Any], seed: int) -> TaskData:
         region = torch.full((n, length), noise).scatter(1, positions, data)
         return slot_split(region, data, sep, query)
 
-    return make_data(sample, params, seed, vocab, symbol_names(vocab, "NOISE", "SEP", "Q"))
+    return make_data(sample, p.n_train, seed, vocab, symbol_names(vocab, "NOISE", "SEP", "Q"))
 
 
 # ---- multi-query associative recall (Zoology's MQAR), causal ----
@@ -143,14 +193,8 @@ def build_assoc_recall(params: Mapping[str, Any], seed: int) -> TaskData:
     Keys are distinct within a sequence; values may repeat. Ids: keys 0..n_keys-1, values
     n_keys..n_keys+n_values-1. Targets are the value's token id, so n_outputs = vocab_size.
     """
-    n_pairs = check_int(params, "n_pairs", 1)
-    n_queries = check_int(params, "n_queries", 1)
-    n_keys = check_int(params, "n_keys", 2)
-    n_values = check_int(params, "n_values", 2)
-    if n_pairs > n_keys:
-        raise TaskInputError(f"task.n_pairs={n_pairs}: must be <= task.n_keys={n_keys}")
-    if n_queries > n_pairs:
-        raise TaskInputError(f"task.n_queries={n_queries}: must be <= task.n_pairs={n_pairs}")
+    p = task_params(AssocRecallParams, params)
+    n_pairs, n_queries, n_keys, n_values = p.n_pairs, p.n_queries, p.n_keys, p.n_values
 
     def sample(n: int, gen: torch.Generator) -> Split:
         keys = random_subsets(n, n_keys, n_pairs, gen)
@@ -167,62 +211,62 @@ def build_assoc_recall(params: Mapping[str, Any], seed: int) -> TaskData:
         return Split(x=x, y=y, score_mask=score_mask)
 
     itos = [f"k{i}" for i in range(n_keys)] + [f"v{i}" for i in range(n_values)]
-    return make_data(sample, params, seed, n_keys + n_values, itos)
+    return make_data(sample, p.n_train, seed, n_keys + n_values, itos)
 
 
 SYNTHETIC_TASKS: tuple[Task, ...] = (
     Task(
         name="copy",
         kind="token",
-        metric="acc",
+        metric=ACCURACY,
         target=0.99,
         causal=False,
         default_steps=1000,
-        params={"length": 10, "vocab_size": 10, "n_train": 20000},
+        params=SequenceParams,
         build=build_copy,
         description="copy a random sequence into query slots after SEP",
     ),
     Task(
         name="reverse",
         kind="token",
-        metric="acc",
+        metric=ACCURACY,
         target=0.95,
         causal=False,
         default_steps=1000,
-        params={"length": 10, "vocab_size": 10, "n_train": 20000},
+        params=SequenceParams,
         build=build_reverse,
         description="write a random sequence backwards into query slots after SEP",
     ),
     Task(
         name="sort",
         kind="token",
-        metric="acc",
+        metric=ACCURACY,
         target=0.9,
         causal=False,
         default_steps=1000,
-        params={"length": 10, "vocab_size": 10, "n_train": 20000},
+        params=SequenceParams,
         build=build_sort,
         description="write a random sequence sorted (with duplicates) into query slots after SEP",
     ),
     Task(
         name="assoc_recall",
         kind="token",
-        metric="acc",
+        metric=ACCURACY,
         target=0.95,
         causal=True,
         default_steps=3000,
-        params={"n_pairs": 8, "n_queries": 8, "n_keys": 32, "n_values": 32, "n_train": 20000},
+        params=AssocRecallParams,
         build=build_assoc_recall,
         description="multi-query associative recall (Zoology MQAR): recall the value of each key",
     ),
     Task(
         name="selective_copy",
         kind="token",
-        metric="acc",
+        metric=ACCURACY,
         target=0.95,
         causal=False,
         default_steps=2000,
-        params={"length": 32, "n_data": 8, "vocab_size": 10, "n_train": 20000},
+        params=SelectiveCopyParams,
         build=build_selective_copy,
         description="copy the data tokens scattered among noise, in order (Mamba selective copy)",
     ),

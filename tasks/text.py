@@ -1,5 +1,7 @@
 """Text tasks: character-level language modelling (char_lm) and text classification (text_cls).
 
+(About 380 lines: the two tasks share the splitting and tokenizing helpers below.)
+
 char_lm: the corpus (see tasks.corpus) is split into train/val/test text, about 90/5/5 of
 its characters, with no 64-character string in two splits (`split_corpus`):
 - a corpus of at least MIN_DOCUMENTS documents (pydoc_data's 79 topics, a folder of 20 or
@@ -28,25 +30,81 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import AfterValidator, Field, StrictInt, StrictStr
+from pydantic_core import PydanticCustomError
 
 from tasks.base import Split, Task, TaskData, TaskInputError, majority_accuracy
-from tasks.corpus import STDLIB_DOCS, Labelled, read_documents, read_labelled
+from tasks.corpus import (
+    PYDOC_CORPUS,
+    STDLIB_DOCS,
+    TABLE_SUFFIXES,
+    Labelled,
+    read_documents,
+    read_labelled,
+)
 from tasks.dedup import remove_shared
-from tasks.synthetic import check_int, generator
+from tasks.metrics import ACCURACY, BITS_PER_CHARACTER
+from tasks.params import MAX_COUNT, Count, TaskParams, Width
+from tasks.synthetic import N_TRAIN, generator, task_params
 from tasks.tokenizers import LEVELS, PAD, UNK, Tokenizer, build_tokenizer
 
 MAX_EVAL_WINDOWS = 200
 SPLIT_SEED = 0  # fixed: text_cls val/test never depend on the run seed
+MAX_CHARS = 2**12  # a generous bound on a corpus's distinct characters (memory check only)
+
+# ---- parameters ----
+
+Text = Annotated[StrictStr, Field(min_length=1)]
 
 
-def check_str(params: Mapping[str, Any], name: str) -> str:
-    value = params[name]
-    if not isinstance(value, str) or not value:
-        raise TaskInputError(f"task.{name}={value!r}: must be a non-empty string")
-    return value
+def _existing_corpus(corpus: str) -> str:
+    if corpus != PYDOC_CORPUS and not Path(corpus).expanduser().exists():
+        raise PydanticCustomError(
+            "no_such_path",
+            f"no such file or folder (char_lm reads a text file, a folder or {PYDOC_CORPUS!r})",
+        )
+    return corpus
+
+
+def _existing_table(source: str) -> str:
+    path = Path(source).expanduser()
+    if path.suffix.lower() in TABLE_SUFFIXES and not path.is_file():
+        raise PydanticCustomError("no_such_path", "no such file")
+    return source
+
+
+class CharLmParams(TaskParams):
+    corpus: Annotated[Text, AfterValidator(_existing_corpus)] = Field(
+        PYDOC_CORPUS, description=f"a UTF-8 text file, a folder of them, or {PYDOC_CORPUS!r}"
+    )
+    seq_len: Width = Field(128, description="characters per training window")
+    n_train: Count = N_TRAIN
+
+    def size_bounds(self) -> tuple[int, int, int]:
+        return self.seq_len, MAX_CHARS, self.n_train
+
+
+class TextClsParams(TaskParams):
+    source: Annotated[Text, AfterValidator(_existing_table)] = Field(
+        STDLIB_DOCS,
+        description=f"{STDLIB_DOCS!r}, a .csv/.jsonl/.json/.parquet file or a Hugging Face "
+        "dataset name",
+    )
+    text_column: Text = Field("text", description="column holding the texts")
+    label_column: Text = Field("label", description="column holding the labels")
+    tokenizer: Literal[LEVELS] = Field("word", description="tokens: characters or words")
+    max_len: Width = Field(128, description="tokens kept per text (truncated, then padded)")
+    max_vocab: Annotated[StrictInt, Field(ge=3, le=MAX_COUNT)] = Field(
+        5000, description="vocabulary size, PAD and UNK included"
+    )
+    min_freq: Count = Field(2, description="training-split count a token needs to be kept")
+
+    def size_bounds(self) -> tuple[int, int, int]:
+        return self.max_len, self.max_vocab, 0  # the number of texts needs the data
 
 
 # ---- char_lm ----
@@ -148,9 +206,8 @@ def eval_starts(n_chars: int, seq_len: int) -> torch.Tensor:
 
 
 def build_char_lm(params: Mapping[str, Any], seed: int) -> TaskData:
-    corpus = check_str(params, "corpus")
-    seq_len = check_int(params, "seq_len", 1)
-    n_train = check_int(params, "n_train", 1)
+    p = task_params(CharLmParams, params)
+    corpus, seq_len, n_train = p.corpus, p.seq_len, p.n_train
     documents = read_documents(corpus)
     tokenizer, regions = encode_splits(split_corpus(documents))
     for name, region in regions.items():
@@ -271,19 +328,10 @@ def encode_labelled(
 
 
 def build_text_cls(params: Mapping[str, Any], seed: int) -> TaskData:
-    source = check_str(params, "source")
-    text_column = check_str(params, "text_column")
-    label_column = check_str(params, "label_column")
-    level = params["tokenizer"]
-    if level not in LEVELS:
-        raise TaskInputError(f"task.tokenizer={level!r}: must be one of: {', '.join(LEVELS)}")
-    max_len = check_int(params, "max_len", 1)
-    max_vocab = check_int(params, "max_vocab", 3)
-    min_freq = check_int(params, "min_freq", 1)
-
-    data, own_test = read_labelled(source, text_column, label_column)
+    p = task_params(TextClsParams, params)
+    data, own_test = read_labelled(p.source, p.text_column, p.label_column)
     tokenizer, classes, splits = encode_labelled(
-        source, label_column, data, own_test, level, max_len, max_vocab, min_freq
+        p.source, p.label_column, data, own_test, p.tokenizer, p.max_len, p.max_vocab, p.min_freq
     )
     train = splits[0]
     order = torch.randperm(len(train), generator=generator("train", seed))
@@ -309,30 +357,22 @@ TEXT_TASKS: tuple[Task, ...] = (
     Task(
         name="char_lm",
         kind="token",
-        metric="bpc",
+        metric=BITS_PER_CHARACTER,
         target=2.5,
         causal=True,
         default_steps=2000,
-        params={"corpus": "pydoc_data", "seq_len": 128, "n_train": 20000},
+        params=CharLmParams,
         build=build_char_lm,
         description="character-level language modelling, bits per character (default: pydoc text)",
     ),
     Task(
         name="text_cls",
         kind="classification",
-        metric="acc",
+        metric=ACCURACY,
         target=0.8,
         causal=False,
         default_steps=500,
-        params={
-            "source": "stdlib_docs",
-            "text_column": "text",
-            "label_column": "label",
-            "tokenizer": "word",
-            "max_len": 128,
-            "max_vocab": 5000,
-            "min_freq": 2,
-        },
+        params=TextClsParams,
         build=build_text_cls,
         description="classify texts (default: stdlib docstrings by package; CSV/JSONL/Parquet/HF)",
     ),

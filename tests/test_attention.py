@@ -1,24 +1,25 @@
-"""Tests for harness.models.attention: every registered kind, plus kind-specific equivalences."""
+"""Tests for harness.models.attention (every registered kind, plus kind-specific equivalences)
+and harness.models.additive (the chunked additive kernel)."""
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from harness.models.attention import (
+from harness.models.additive import (
     ADDITIVE_CHUNK_BUDGET,
     ADDITIVE_KEEP_BUDGET,
-    ATTENTION,
-    Attention,
     _auto_chunk_rows,
     additive_scores,
     additive_scores_naive,
+)
+from harness.models.attention import (
+    ATTENTION,
+    Attention,
     build_attention,
-    check_attention,
     logit_stats,
     masked_softmax,
 )
@@ -51,13 +52,18 @@ def inputs(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------- registry
 
 
-def test_registry_params_match_constructor_defaults() -> None:
-    for name, spec in ATTENTION.items():
-        assert spec.name == name
-        assert spec.description and "\n" not in spec.description
-        sig = inspect.signature(spec.cls.__init__).parameters
-        ctor = {k: p.default for k, p in sig.items() if k not in ("self", "d_model", "d_k")}
-        assert ctor == spec.params, name
+@pytest.mark.parametrize("kind", list(ATTENTION))
+def test_every_kind_builds_from_its_parameters_model(kind: str) -> None:
+    """A kind's defaults live in its parameters model only: building with none given uses
+    them, and the module reports the heads the model declares."""
+    spec = ATTENTION[kind]
+    assert spec.name == kind and spec.description and "\n" not in spec.description
+    m = build_attention(kind, D_MODEL, D_K)
+    assert isinstance(m, spec.cls)
+    n_heads, per_head = spec.params().heads()
+    assert m.n_heads == n_heads and m.d_head == (per_head or D_K // n_heads)
+    with pytest.raises(ValueError, match=r"^attention\.nope: unknown key$"):
+        build_attention(kind, D_MODEL, D_K, nope=1)
 
 
 def test_build_overlays_params() -> None:
@@ -71,10 +77,10 @@ def test_unknown_kind_and_param_errors() -> None:
     with pytest.raises(ValueError, match=r"'nope'") as err:
         build_attention("nope", D_MODEL, D_K)
     assert all(name in str(err.value) for name in ATTENTION)  # the choices are listed
-    with pytest.raises(ValueError, match=r"'n_heads'.*'dot'.*\(none\)"):
+    with pytest.raises(ValueError, match=r"^attention\.n_heads: unknown key"):
         build_attention("dot", D_MODEL, D_K, n_heads=2)
-    with pytest.raises(ValueError, match=r"'heads'.*valid: n_heads"):
-        build_attention("multihead", D_MODEL, D_K, heads=2)
+    with pytest.raises(ValueError, match=r"^attention\.n_heads=0: input should be greater"):
+        build_attention("multihead", D_MODEL, D_K, n_heads=0)
 
 
 @pytest.mark.parametrize("kind", ["multihead", "additive"])
@@ -114,9 +120,10 @@ def test_explicit_per_head_width(kind: str, param: str) -> None:
 def test_d_k_not_divisible_by_heads_is_rejected(kind: str) -> None:
     with pytest.raises(ValueError, match=r"d_k=10 is not divisible by n_heads=4"):
         build_attention(kind, 32, 10, n_heads=4)
+    params = ATTENTION[kind].params(n_heads=4)  # the check a grid gets before any run
     with pytest.raises(ValueError, match=r"d_k=10 is not divisible by n_heads=4"):
-        check_attention(kind, 32, 10, n_heads=4)
-    check_attention(kind, 32, 12, n_heads=4)  # divisible: no error
+        params.check_widths(32, 10)
+    params.check_widths(32, 12)  # divisible: no error
 
 
 @pytest.mark.parametrize("n_heads", [1, 2, 4])
@@ -189,6 +196,8 @@ def test_logit_stats_per_head_over_allowed_pairs() -> None:
 def test_negative_chunk_size_rejected() -> None:
     with pytest.raises(ValueError, match="chunk_size"):
         build_attention("additive", D_MODEL, D_K, chunk_size=-1)
+    with pytest.raises(ValueError, match="chunk_size"):
+        additive_scores(*(torch.zeros(1, 1, 2, 2),) * 2, torch.zeros(1, 2), chunk_size=-1)
 
 
 # --------------------------------------------------------------------------- every kind

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from harness import schema
 from harness.grid import (
     Group,
     Plan,
@@ -15,11 +16,14 @@ from harness.grid import (
     final_cells,
     groups,
     plan,
+    plan_json,
+    planned_cells,
+    protocol_step,
     tune_cells,
 )
 from harness.optim import OPTIMIZERS
 from harness.spec import GridSpec, grid_from_dict, load_grid
-from tasks import TASKS
+from tasks import TASKS, get_task
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 
@@ -233,3 +237,98 @@ def test_choose_lr_without_results() -> None:
 def test_shipped_grid_plans(name: str, expected: tuple[int, int, int]) -> None:
     p = plan(load_grid(GRIDS / f"{name}.yaml"))
     assert (p.groups, p.tune_cells, p.final_cells) == expected
+
+
+# --------------------------------------------------------------------------- protocol_step
+
+
+def _tuned_group(spec: GridSpec) -> Group:
+    return next(g for g in groups(spec) if g.optimizer == "sgd")  # rates 0.01, 0.1, 1.0
+
+
+def _score(lr: float, seed: int) -> TuneResult:
+    """A made-up tune result: 0.1 is the best rate, every seed agrees."""
+    return TuneResult(lr, seed, {0.01: 0.5, 0.1: 0.9, 1.0: 0.2}[lr] + seed / 100, 1.0 - lr / 10)
+
+
+def test_protocol_step_waits_for_every_tune_cell_then_gives_the_final_cells() -> None:
+    spec = _spec()
+    group = _tuned_group(spec)
+    results = [_score(cfg.lr, cfg.seed) for cfg in tune_cells(spec, group)]
+    for n in range(len(results)):  # any incomplete set of results: nothing to run yet
+        assert protocol_step(spec, group, results[:n]) == (None, [])
+        assert protocol_step(spec, group, results[n + 1 :] + results[:n]) == (None, [])
+    lr, finals = protocol_step(spec, group, results)
+    higher = get_task(group.task).higher_is_better
+    assert lr == choose_lr(results, higher)
+    assert lr == (0.1 if higher else 1.0)
+    assert [c.cell_id for c in finals] == [c.cell_id for c in final_cells(spec, group, lr)]
+    assert {(c.phase, c.lr) for c in finals} == {("final", lr)}
+    assert [c.seed for c in finals] == list(spec.seeds.final)
+
+
+def test_protocol_step_does_not_depend_on_the_order_results_arrive_in() -> None:
+    spec = _spec()
+    group = _tuned_group(spec)
+    # 0.01 and 1.0 tie on the metric and the loss: the rate listed first in the grid wins.
+    tied = [TuneResult(cfg.lr, cfg.seed, 0.5 if cfg.lr != 0.1 else 0.1, 0.3)
+            for cfg in tune_cells(spec, group)]  # fmt: skip
+    higher = get_task(group.task).higher_is_better
+    expected = 0.01 if higher else 0.1
+    for shift in range(len(tied)):
+        assert protocol_step(spec, group, tied[shift:] + tied[:shift])[0] == expected
+        assert protocol_step(spec, group, list(reversed(tied[shift:] + tied[:shift])))[0] == (
+            expected
+        )
+
+
+def test_protocol_step_ignores_foreign_results_and_counts_the_later_of_two() -> None:
+    spec = _spec()
+    group = _tuned_group(spec)
+    results = [_score(cfg.lr, cfg.seed) for cfg in tune_cells(spec, group)]
+    foreign = [TuneResult(0.5, 0, 1.0), TuneResult(0.1, 99, 1.0)]  # no such rate / seed
+    assert protocol_step(spec, group, results[:-1] + foreign) == (None, [])
+    assert protocol_step(spec, group, foreign + results) == protocol_step(spec, group, results)
+    # a cell that diverged and was run again: its later result counts
+    best = protocol_step(spec, group, results)[0]
+    again = [r for r in results if r.lr == best]
+    diverged = [TuneResult(r.lr, r.seed, None) for r in again]
+    assert protocol_step(spec, group, results + diverged)[0] != best
+    assert protocol_step(spec, group, results + diverged + again)[0] == best
+
+
+def test_protocol_step_under_fixed_gives_the_entry_rate_at_once() -> None:
+    spec = _spec(protocol="fixed")
+    for group in groups(spec):
+        lr, finals = protocol_step(spec, group, [])
+        assert lr == group.fixed_lr
+        assert [c.cell_id for c in finals] == [
+            c.cell_id for c in final_cells(spec, group, group.fixed_lr)
+        ]
+        assert protocol_step(spec, group, [TuneResult(1.0, 0, 0.9)]) == (lr, finals)
+
+
+@pytest.mark.parametrize("protocol", ["tune_then_final", "fixed"])
+def test_plan_counts_and_plan_json_come_from_one_list(protocol: str) -> None:
+    spec = _spec(protocol=protocol, sweep={"model.d_k": [8, 32]})
+    cells, rows, p = planned_cells(spec), plan_json(spec), plan(spec)
+    assert len(cells) == len(rows) == p.cells
+    assert sum(row["phase"] == "tune" for row in rows) == p.tune_cells
+    assert sum(c.cfg.steps for c in cells if c.cfg.phase == "final") == p.final_steps
+    for cell, row in zip(cells, rows, strict=True):
+        assert row["group"] == cell.group.label and row["seed"] == cell.cfg.seed
+        # a final cell of a tuned group has no rate, id or run name until tuning picks one
+        unknown = protocol == "tune_then_final" and row["phase"] == "final"
+        assert (row["lr"] is None, row["cell_id"] is None, row["run_name"] is None) == (
+            unknown, unknown, unknown,
+        )  # fmt: skip
+        if not unknown:
+            assert (row["lr"], row["cell_id"]) == (cell.cfg.lr, cell.cfg.cell_id)
+
+
+def test_group_labels_are_the_schema_s() -> None:
+    spec = _spec(sweep={"model.d_k": [8, 32], "model.d_model": [32]})
+    for group in groups(spec):
+        assert group.label == schema.group_label(
+            group.task, group.attention, group.optimizer, group.sweep
+        )

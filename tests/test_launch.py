@@ -172,3 +172,146 @@ def test_dry_run_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "dry run" in out and not (tmp_path / "dry.db").exists()
     # tune: 2 kinds x (adam 5 rates + sgd 7 rates) x 1 tune seed; final: 4 groups x 3 seeds
     assert [line.split()[:2] for line in out.splitlines()[1:3]] == [["tune", "24"], ["final", "12"]]
+
+
+# --------------------------------------------------------------------------- launcher and status
+# A scripted backend (one module, as every backend is) answers each job at once with the writes
+# and the `Done` a worker would send, so the protocol's bookkeeping runs against a real store
+# without training.
+
+AGREE = {
+    "name": "agree",
+    "tasks": ["copy"],
+    "attention": ["dot"],
+    "optimizers": [
+        {"name": "adam", "lr_grid": [1e-3, 1e-2]},
+        {"name": "sgd", "lr_grid": [0.1, 1.0]},
+    ],
+    "seeds": {"tune": [0, 1], "final": [2, 3]},
+}
+SCORES = {1e-3: 0.4, 1e-2: 0.8, 0.1: 0.7, 1.0: 0.3}  # validation metric by rate
+
+
+def _answer(client: MlflowClient, run_id: str, cfg: dict) -> list:
+    """What a worker sends for a cell: the rate 1.0 diverges at seed 1, the others end ok."""
+    from harness import schema
+    from harness.backends.base import Done, LogMetrics, LogTags, Terminate
+
+    metric = client.get_run(run_id).data.tags[schema.METRIC]
+    if cfg["lr"] == 1.0 and cfg["seed"] == 1:
+        outcome, metrics = "diverged", {}
+    else:
+        value = SCORES[cfg["lr"]] + cfg["seed"] / 100
+        outcome, metrics = "ok", {schema.val_metric(metric): value, schema.VAL_LOSS: 1 - value}
+    points = [(key, value, 0, 40) for key, value in metrics.items()]
+    return [
+        LogMetrics(run_id, points),
+        LogTags(run_id, [(schema.OUTCOME, outcome)]),
+        Terminate(run_id, "FINISHED"),
+        Done(run_id, outcome, metrics),
+    ]
+
+
+class _ScriptedPool:
+    """Answers each job at once; after `answers` jobs, Ctrl-C (the job then in hand stays
+    in flight)."""
+
+    def __init__(self, client: MlflowClient, workers: int, answers: int | None) -> None:
+        self.client, self.size, self.left = client, workers, answers
+        self.running: list = []
+
+    @property
+    def idle(self) -> int:
+        return self.size - len(self.running)
+
+    def submit(self, job) -> None:
+        self.running.append(job)
+
+    def poll(self, timeout: float):
+        while self.running:
+            if self.left is not None and self.left == 0:
+                raise KeyboardInterrupt
+            job = self.running.pop(0)
+            self.left = None if self.left is None else self.left - 1
+            yield from _answer(self.client, job.run_id, job.cfg)
+
+    def shutdown(self, kill: bool = False) -> list:
+        return self.running
+
+
+def _scripted_backend(
+    client: MlflowClient, monkeypatch: pytest.MonkeyPatch, answers: int | None = None
+) -> str:
+    """A backend module of its own, found by name as `harness.backends.<name>` is."""
+    import sys
+    import types
+
+    module = types.ModuleType("harness.backends.scripted")
+    module.OPTIONS = {}
+    module.check = lambda tracking_uri: None
+    module.make_pool = lambda workers, accelerator, uri: _ScriptedPool(client, workers, answers)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return "scripted"
+
+
+def _status(client: MlflowClient, spec) -> tuple[dict[str, list[int]], dict[str, float]]:
+    """`harness status` read back: phase -> counts (done .. pending), group -> chosen rate."""
+    from harness.status import grid_status
+
+    rows, chosen = {}, {}
+    for line in grid_status(client, spec, spec.name).splitlines():
+        words = line.split()
+        if words[0] in ("tune", "final"):
+            rows[words[0]] = [int(n) for n in words[1:]]
+        elif line.startswith("  "):
+            label, lr = line.strip().rsplit(": ", 1)
+            chosen[label] = float(lr)
+    return rows, chosen
+
+
+def test_the_launcher_and_status_follow_one_protocol(
+    client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    from harness.grid import TuneResult, groups, protocol_step, tune_cells
+    from harness.launch import Launcher
+    from harness.spec import grid_from_dict
+
+    spec = grid_from_dict(AGREE)
+    adam, sgd = groups(spec)
+    scores = [TuneResult(c.lr, c.seed, SCORES[c.lr] + c.seed / 100) for c in tune_cells(spec, adam)]
+    adam_lr = protocol_step(spec, adam, scores)[0]
+
+    def launch(answers: int | None) -> Launcher:
+        backend = _scripted_backend(client, monkeypatch, answers)
+        quiet = Console(file=io.StringIO())
+        launcher = Launcher(spec, client, spec.name, 2, "cpu", quiet, False, backend=backend)
+        launcher.prepare()
+        return launcher
+
+    # A first launch is stopped by Ctrl-C after 7 cells: adam's tuning, 3 of sgd's 4 tune
+    # cells; the fourth, in flight, is KILLED. Adam's final cells are known and pending.
+    first = launch(answers=7)
+    with pytest.raises(KeyboardInterrupt):
+        first.run()
+    assert first.outcome.chosen_lr == {adam: adam_lr}
+    rows, chosen = _status(client, spec)
+    assert chosen == {adam.label: adam_lr}
+    assert rows == {"tune": [7, 0, 1, 0, 1], "final": [0, 0, 0, 0, 4]}
+
+    # The next launch queues what status calls pending (sgd's final cells wait for its rate)
+    # and picks the rate status then reports, one of sgd's tune cells having diverged.
+    second = launch(answers=None)
+    assert second.outcome.chosen_lr == {adam: adam_lr}
+    assert len(second.pending) == rows["tune"][4] + rows["final"][4] - len(spec.seeds.final)
+    outcome = second.run()
+    rows, chosen = _status(client, spec)
+    assert chosen == {g.label: lr for g, lr in outcome.chosen_lr.items()}
+    assert chosen == {adam.label: adam_lr, sgd.label: 0.1}  # 1.0 diverged at seed 1
+    assert rows == {"tune": [7, 1, 0, 0, 0], "final": [4, 0, 0, 0, 0]}
+    final = [r for r in _children(client, spec.name) if r.data.tags["harness.phase"] == "final"]
+    rates = {(r.data.params["optimizer"], float(r.data.params["lr"])) for r in final}
+    assert rates == {("adam", adam_lr), ("sgd", 0.1)}

@@ -1,4 +1,4 @@
-"""The Transformer around the attention kinds: positions, heads, masks."""
+"""The Transformer around the attention kinds: positions, heads, masks; the task metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from harness.config import resolve
 from harness.errors import UserError
 from harness.models.attention import logit_stats
 from harness.models.transformer import AttentionModel, n_params, sinusoidal_positions
+from tasks import TASKS
+from tasks.metrics import sum_per_example
+
+METRICS = {task.metric.name: task.metric for task in TASKS.values()}
 
 
 def test_sinusoidal_positions_follow_the_formula() -> None:
@@ -160,3 +164,40 @@ def test_attn_logit_std_at_init_grows_as_sqrt_d_k_for_dot_and_stays_flat_for_sca
     assert 0.7 < scaled[256] / scaled[16] < 1.4, scaled
     # Same d_k, the same projections: scaled_dot's logits are dot's over sqrt(d_k).
     assert scaled[64] == pytest.approx(dot[64] / 8, rel=1e-4)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_metric_per_example_sums_add_up_to_its_value(name: str) -> None:
+    """Each metric, on random outputs: per-example sums agree with a loop over examples, and
+    sum(metric_sum) / sum(n_tokens) is the metric of all positions, inside its bounds."""
+    metric, task = METRICS[name], next(t for t in TASKS.values() if t.metric.name == name)
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.tensor([3, 1, 5, 2])  # scored positions of each of 4 examples
+    logits = torch.randn(int(counts.sum()), 7, generator=gen)
+    targets = torch.randint(0, 7, (int(counts.sum()),), generator=gen)
+    token_loss = task.loss(logits, targets, reduction="none")
+    score = metric.position_score(logits, targets, token_loss)
+    assert score.shape == targets.shape
+
+    sums = sum_per_example(torch.stack([score, token_loss]), counts)
+    by_example = torch.split(torch.stack([score, token_loss]), counts.tolist(), dim=1)
+    expected = torch.stack([part.sum(dim=1) for part in by_example], dim=1)
+    assert torch.allclose(sums, expected, atol=1e-6)
+
+    metric_sum = [v / metric.divisor for v in sums[0].tolist()]
+    value = metric.value(score.sum().item(), int(counts.sum()))
+    assert sum(metric_sum) / int(counts.sum()) == pytest.approx(value, rel=1e-6)
+    lo, hi = metric.bounds
+    assert lo <= value <= hi
+    assert token_loss.mean().item() == pytest.approx(task.loss(logits, targets).item(), rel=1e-6)
+
+
+def test_metric_direction_and_bounds_text() -> None:
+    for metric in METRICS.values():
+        good, bad = (1.0, 0.0) if metric.higher_is_better else (0.0, 1.0)
+        assert metric.reached(good, 0.5) and not metric.reached(bad, 0.5)
+        lo, hi = metric.bounds_text.split(",")
+        assert (float(lo), float(hi)) == metric.bounds

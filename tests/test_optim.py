@@ -42,13 +42,40 @@ def _model(attention: str = "additive") -> AttentionModel:
     )
 
 
-def test_registry_has_the_four_optimizers_with_log_spaced_grids() -> None:
-    assert set(OPTIMIZERS) == {"adam", "adamw", "sgd", "rmsprop"}
-    for spec in OPTIMIZERS.values():
-        logs = [math.log10(lr) for lr in spec.lr_grid]
-        steps = {round(b - a, 6) for a, b in itertools.pairwise(logs)}
-        assert len(spec.lr_grid) >= 4 and all(0.4 < s < 0.6 for s in steps), spec.name
-        assert min(spec.lr_grid) <= spec.default_lr <= max(spec.lr_grid)
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_has_a_log_spaced_grid_around_its_default(name: str) -> None:
+    spec = OPTIMIZERS[name]
+    logs = [math.log10(lr) for lr in spec.lr_grid]
+    steps = {round(b - a, 6) for a, b in itertools.pairwise(logs)}
+    assert len(spec.lr_grid) >= 4 and all(0.4 < s < 0.6 for s in steps), spec.name
+    assert min(spec.lr_grid) <= spec.default_lr <= max(spec.lr_grid)
+    assert spec.name == name and spec.description
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_takes_its_parameters_and_steps(name: str) -> None:
+    """The parameters model's values are the ones torch runs with, and one step with a
+    gradient moves the weights (defaults straight from the model, none given)."""
+    spec = OPTIMIZERS[name]
+    model = _params()
+    opt = build_optimizer(name, model, spec.default_lr, {})
+    assert isinstance(opt, spec.cls)
+    for key, value in spec.params().torch_kwargs().items():
+        assert opt.defaults[key] == value, key
+    assert opt.param_groups[0]["weight_decay"] == param_defaults(name)["weight_decay"]
+    before = model.weight.detach().clone()
+    model(torch.ones(2, 3)).sum().backward()
+    opt.step()
+    assert not torch.equal(model.weight, before)
+    with pytest.raises(ValueError, match=r"^optim\.nope: unknown key"):
+        build_optimizer(name, _params(), 1e-3, {"nope": 1})
+    with pytest.raises(ValueError, match=r"^optim\.weight_decay=-1\.0: input should be"):
+        build_optimizer(name, _params(), 1e-3, {"weight_decay": -1.0})
+
+
+def test_nesterov_without_momentum_is_refused_before_torch() -> None:
+    with pytest.raises(ValueError, match=r"^optim\.nesterov=True: needs optim\.momentum > 0"):
+        build_optimizer("sgd", _params(), 0.1, {"nesterov": True, "momentum": 0.0})
 
 
 def test_documented_defaults_reach_torch() -> None:

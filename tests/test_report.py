@@ -149,12 +149,13 @@ def _score(run) -> float:
 
 
 def _correct_rates(client: MlflowClient, runs: list, folder: Path) -> np.ndarray:
-    """(runs, examples) correct / n_tokens of each run's test_outcomes.json."""
+    """(runs, 2, examples): metric_sum and n_tokens of each run's test_outcomes.json (for
+    accuracy, metric_sum counts the correct positions)."""
     rows = []
     for run in runs:
         local = client.download_artifacts(run.info.run_id, "test_outcomes.json", str(folder))
         outcomes = json.loads(Path(local).read_text())
-        correct, tokens = np.array(outcomes["correct"]), np.array(outcomes["n_tokens"])
+        correct, tokens = np.array(outcomes["metric_sum"]), np.array(outcomes["n_tokens"])
         assert correct.sum() / tokens.sum() == pytest.approx(run.data.metrics["test/acc"])
         rows.append((correct, tokens))
     return np.array(rows, dtype=float)  # (runs, 2, examples)

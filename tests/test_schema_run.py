@@ -1,11 +1,10 @@
 """The training side of the run schema, read back from a real MLflow store: per-example test
-outcomes, attention diagnostics that leave training alone, and training seconds that exclude
-validation."""
+outcomes, the metric tags, a LightningModule given a ready-made model and optimizer, attention
+diagnostics that leave training alone, and training seconds that exclude validation."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from harness import schema
 from harness.config import RunConfig, resolve
 from harness.models.lightning_module import AttentionTaskModule
+from harness.models.transformer import AttentionModel
 from harness.tracking import MlflowRunLogger, experiment_id
 from harness.train import RunResult, prepare, run_cell, train_run
+from tasks import get_task
 
 TINY = {
     "model.d_model": 32,
@@ -61,25 +63,37 @@ def test_test_outcomes_add_up_to_the_test_metrics(
     task: str, tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:
     cfg = _cell(task, tmp_path)
+    metric = get_task(task).metric
     result = train_run(cfg, tracking_uri=tracking_uri, experiment="t")
     run = client.get_run(result.run_id)
     out = _outcomes(client, result.run_id)
-    n_test = int(run.data.params["data.n_test"])
-    assert set(out) == {"n_tokens", "correct", "loss_nats"}
-    assert len(out["n_tokens"]) == len(out["correct"]) == len(out["loss_nats"]) == n_test
-    assert all(0 <= c <= n for c, n in zip(out["correct"], out["n_tokens"], strict=True))
+    n_test = int(run.data.params[schema.N_TEST])
+    assert set(out) == {"n_tokens", "metric_sum", "loss_nats"}
+    assert len(out["n_tokens"]) == len(out["metric_sum"]) == len(out["loss_nats"]) == n_test
     assert all(v > 0 for v in out["loss_nats"])
+    lo, hi = metric.bounds  # each example's own metric lies in the bounds
+    assert all(lo <= s / n <= hi for s, n in zip(out["metric_sum"], out["n_tokens"], strict=True))
 
     tokens = sum(out["n_tokens"])
     metrics = run.data.metrics
-    assert sum(out["loss_nats"]) / tokens == pytest.approx(metrics["test/loss"], rel=1e-5)
+    logged = metrics[schema.test_metric(metric.name)]
+    assert logged == result.metrics[schema.test_metric(metric.name)]
+    assert sum(out["loss_nats"]) / tokens == pytest.approx(metrics["test/loss"], rel=1e-6)
+    from_outcomes = sum(out["metric_sum"]) / tokens
+    if all(float(v).is_integer() for v in out["metric_sum"]):  # a count: exact
+        assert from_outcomes == logged
+    else:  # sums of float32 values, added in another order on the device
+        assert from_outcomes == pytest.approx(logged, rel=1e-6)
     if task == "char_lm":
         assert set(out["n_tokens"]) == {32}  # every character of a window is scored
-        bpc = sum(out["loss_nats"]) / tokens / math.log(2)
-        assert bpc == pytest.approx(metrics["test/bpc"], rel=1e-5)
     else:
         assert set(out["n_tokens"]) == ({1} if task == "text_cls" else {5})
-        assert sum(out["correct"]) / tokens == metrics["test/acc"]
+
+    tags = run.data.tags  # how the report reads the metric
+    assert tags[schema.METRIC] == metric.name and tags[schema.METRIC_LABEL] == metric.label
+    assert tags[schema.METRIC_BOUNDS] == metric.bounds_text
+    assert tags[schema.HIGHER_IS_BETTER] == str(metric.higher_is_better).lower()
+    assert float(tags[schema.TARGET]) == get_task(task).target
 
 
 def _start(client: MlflowClient, cfg: RunConfig) -> MlflowRunLogger:
@@ -98,17 +112,23 @@ def test_test_outcomes_are_in_test_split_order(client: MlflowClient, tmp_path: P
         module.eval()
         logits, _ = module({"x": test.x, "score_mask": test.score_mask})
     hits = (logits.argmax(-1) == test.y[test.score_mask]).reshape(len(test), -1)
-    assert out["correct"] == hits.sum(dim=1).tolist()
-    assert 0 < sum(out["correct"]) < sum(out["n_tokens"])  # the order is visible in the data
+    assert out["metric_sum"] == hits.sum(dim=1).tolist()  # accuracy: correct positions
+    assert 0 < sum(out["metric_sum"]) < sum(out["n_tokens"])  # the order is visible in the data
 
 
 def _run_copy(
     client: MlflowClient, cfg: RunConfig, module_class: type[AttentionTaskModule], **attrs: Any
 ) -> RunResult:
-    """A copy cell trained with a module of `module_class`, initialised as `prepare` does."""
-    task, data, _ = prepare(cfg)
-    torch.manual_seed(cfg.seed)
-    module = module_class(cfg, task, data)
+    """A copy cell trained with a module of `module_class`, with the model and optimizer
+    `prepare` builds, handed over ready-made."""
+    task, data, built = prepare(cfg)
+    module = module_class(
+        built.model,
+        task=task,
+        optimizer=built.optimizer_factory,
+        scheduler=built.scheduler_factory,
+        grad_clip=built.grad_clip,
+    )
     for key, value in attrs.items():
         setattr(module, key, value)
     return run_cell(cfg, _start(client, cfg), accelerator="cpu", prepared=(task, data, module))
@@ -133,6 +153,31 @@ def test_attention_diagnostics_do_not_change_training(client: MlflowClient) -> N
     assert len(losses) == 30
     assert losses == _history(client, off.run_id, "train/loss")
     assert on.metrics == off.metrics
+
+
+def test_module_trains_a_ready_made_model_with_a_ready_made_optimizer(
+    client: MlflowClient,
+) -> None:
+    """Any model with AttentionModel's forward and any optimizer factory: here plain SGD at a
+    constant rate (no scheduler), built outside the harness's optimizer registry."""
+    cfg = resolve("copy", "scaled_dot", "adam", lr=3e-3, steps=40, overrides=COPY)
+    task, data, _ = prepare(cfg)
+    torch.manual_seed(0)
+    model = AttentionModel(
+        vocab_size=data.vocab_size, n_outputs=data.n_outputs, max_len=data.seq_len,
+        head=task.kind, causal=task.causal, attention="scaled_dot", attention_params={},
+        d_model=32, n_layers=1, d_ff=64, d_k=16, dropout=0.0,
+    )  # fmt: skip
+    module = AttentionTaskModule(
+        model, task=task, optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.25)
+    )
+    result = run_cell(cfg, _start(client, cfg), accelerator="cpu", prepared=(task, data, module))
+    assert result.outcome == "ok" and module.model is model
+    assert isinstance(module.trainer.optimizers[0], torch.optim.SGD)
+    assert {value for _, value in _history(client, result.run_id, schema.LR_METRIC)} == {0.25}
+    losses = [value for _, value in _history(client, result.run_id, schema.TRAIN_LOSS)]
+    assert len(losses) == 40 and sum(losses[-5:]) < sum(losses[:5])
+    assert schema.test_metric(task.metric.name) in result.metrics
 
 
 SLEEP = 0.5  # seconds per validation: far more than a tiny training step

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from harness.config import ModelParams, TrainParams, parse_set_options, resolve
 from harness.errors import UserError
+from harness.models.attention import ATTENTION
+from harness.optim import OPTIMIZERS
 from harness.spec import GridSpec, grid_from_dict, load_grid
+from harness.spec_schema import grid_json_schema
+from tasks import TASKS
+from tasks.params import Params
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
 BASE: dict[str, Any] = {
@@ -37,8 +46,8 @@ def test_bare_names_load_with_defaults() -> None:
     assert spec.budget.steps is None and spec.budget.val_every is None
     assert spec.model == {} and spec.train == {} and spec.sweep == {}
     assert spec.optimizers[0].lr is None and spec.optimizers[0].lr_grid is None
-    assert spec.optimizers[0].fixed_lr == 1e-3
-    assert spec.optimizers[0].tune_lrs == (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+    assert spec.optimizers[0].fixed_lr == OPTIMIZERS["adam"].default_lr
+    assert spec.optimizers[0].tune_lrs == OPTIMIZERS["adam"].lr_grid
 
 
 def test_full_entries_load() -> None:
@@ -112,6 +121,13 @@ def test_the_quick_grid_has_enough_seeds_to_call_a_difference() -> None:
     assert spec.description  # the report states the question the grid asks
 
 
+def _choices(registry: dict[str, Any]) -> str:
+    return f"(choose from: {', '.join(sorted(registry))})"
+
+
+COPY_KEYS = ", ".join(f"task.{name}" for name in sorted(TASKS["copy"].params.model_fields))
+
+
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
@@ -122,23 +138,19 @@ def test_the_quick_grid_has_enough_seeds_to_call_a_difference() -> None:
         ),
         (
             {"tasks": ["copy", "nope"]},
-            "g.yaml: tasks[1]: unknown task 'nope' (choose from: assoc_recall, char_lm, copy, "
-            "reverse, selective_copy, sort, text_cls)",
+            f"g.yaml: tasks[1]: unknown task 'nope' {_choices(TASKS)}",
         ),
         (
             {"tasks": [{"name": "nope"}]},
-            "g.yaml: tasks[0].name: unknown task 'nope' (choose from: assoc_recall, char_lm, "
-            "copy, reverse, selective_copy, sort, text_cls)",
+            f"g.yaml: tasks[0].name: unknown task 'nope' {_choices(TASKS)}",
         ),
         (
             {"attention": ["dot", "flash"]},
-            "g.yaml: attention[1]: unknown attention 'flash' "
-            "(choose from: additive, dot, multihead, scaled_dot)",
+            f"g.yaml: attention[1]: unknown attention 'flash' {_choices(ATTENTION)}",
         ),
         (
             {"optimizers": ["lion"]},
-            "g.yaml: optimizers[0]: unknown optimizer 'lion' "
-            "(choose from: adam, adamw, rmsprop, sgd)",
+            f"g.yaml: optimizers[0]: unknown optimizer 'lion' {_choices(OPTIMIZERS)}",
         ),
         ({"tasks": []}, "g.yaml: tasks: must not be empty"),
         (
@@ -226,24 +238,26 @@ def test_the_quick_grid_has_enough_seeds_to_call_a_difference() -> None:
         ),
         (
             {"tasks": ["reverse", {"name": "copy", "params": {"nope": 1}}]},
-            "g.yaml: tasks[1].params.nope: unknown key "
-            "(choose from: task.length, task.n_train, task.vocab_size)",
+            f"g.yaml: tasks[1].params.nope: unknown key (choose from: {COPY_KEYS})",
         ),
         (
             {"model": {"d_model": 32, "nope": 1}},
             "g.yaml: model.nope: unknown key (choose from: model.d_ff, model.d_k, "
             "model.d_model, model.dropout, model.n_layers)",
         ),
-        ({"model": {"d_k": 0}}, "g.yaml: model.d_k=0: must be an integer > 0"),
+        (
+            {"model": {"d_k": 0}},
+            "g.yaml: model.d_k=0: input should be greater than or equal to 1",
+        ),
         ({"model": {1: 2}}, "g.yaml: model.1: input should be a valid string (got 1)"),
         (
             {"train": {"batch_size": "big"}},
-            "g.yaml: train.batch_size='big': expected an integer",
+            "g.yaml: train.batch_size='big': input should be a valid integer",
         ),
         (
             {"optimizers": [{"name": "adam", "params": {"schedule": "linear"}}]},
-            "g.yaml: optimizers[0].params.schedule: unknown optim.schedule 'linear' "
-            "(choose from: constant, cosine)",
+            "g.yaml: optimizers[0].params.schedule='linear': input should be 'constant' or "
+            "'cosine'",
         ),
         (
             {"model": {"d_k": 16}, "sweep": {"model.d_k": [8, 32]}},
@@ -308,3 +322,176 @@ def test_yaml_that_is_not_a_mapping(tmp_path: Path, text: str, what: str) -> Non
 def test_fixed_protocol_has_no_tune_seeds_to_overlap() -> None:
     spec = grid_from_dict({**BASE, "protocol": "fixed", "seeds": [0, 1]})
     assert spec.seeds.final == [0, 1]
+
+
+# --------------------------------------------------------------------------- the typed tree
+
+# Computed before parameters became pydantic models: resuming a grid finds its runs by these.
+PINNED_CELLS = [
+    (("copy", "dot", "adam"), {}, "52f8773f55edcb33"),
+    (
+        ("char_lm", "multihead", "sgd"),
+        {
+            "lr": 0.1,
+            "seed": 3,
+            "steps": 50,
+            "phase": "tune",
+            "overrides": {"model.d_k": 32, "attention.n_heads": 2, "optim.momentum": 0.5},
+        },
+        "d1f2dd38dadb8be7",
+    ),
+    (
+        ("text_cls", "additive", "adamw"),
+        {
+            "lr": 3e-3,
+            "seed": 1,
+            "overrides": {
+                "attention.d_attn": 8,
+                "optim.eps": 1,
+                "train.batch_size": 16,
+                "model.dropout": 0.1,
+                "task.max_len": 64,
+            },
+        },
+        "2e1e40d767e5e4bb",
+    ),
+    (
+        ("assoc_recall", "scaled_dot", "rmsprop"),
+        {
+            "seed": 7,
+            "overrides": {
+                "optim.schedule": "cosine",
+                "optim.warmup_steps": 10,
+                "optim.grad_clip": 1,
+                "model.d_model": 32,
+            },
+        },
+        "07176d355f10854d",
+    ),
+    (
+        ("copy", "multihead", "sgd"),
+        {
+            "lr": 1,
+            "seed": 2,
+            "overrides": {"optim.nesterov": True, "optim.weight_decay": 0, "model.dropout": 0},
+        },
+        "55fced9f5d71fcbc",
+    ),
+]
+
+
+@pytest.mark.parametrize(("names", "kwargs", "cell_id"), PINNED_CELLS, ids=lambda v: str(v)[:30])
+def test_cell_ids_are_unchanged(names: tuple[str, str, str], kwargs: dict, cell_id: str) -> None:
+    assert resolve(*names, **kwargs).cell_id == cell_id
+
+
+def test_resolved_values_keep_their_types() -> None:
+    """An int given for a float parameter is stored as a float (as the cell id was computed)."""
+    names, kwargs, _ = PINNED_CELLS[2]
+    cfg = resolve(*names, **kwargs)
+    assert cfg.optim["eps"] == 1.0 and isinstance(cfg.optim["eps"], float)
+    assert cfg.flat_params()["optim.eps"] == "1.0" and cfg.flat_params()["attention.d_attn"] == "8"
+    assert cfg.to_dict()["task_params"]["max_len"] == 64
+    assert cfg.run_name == "text_cls/additive/adamw/lr=0.003/seed=1"
+
+
+def _entries() -> list[tuple[str, str, type[Params]]]:
+    return (
+        [("task", name, t.params) for name, t in TASKS.items()]
+        + [("attention", name, k.params) for name, k in ATTENTION.items()]
+        + [("optim", name, o.params) for name, o in OPTIMIZERS.items()]
+        + [("model", "model", ModelParams), ("train", "train", TrainParams)]
+    )
+
+
+@pytest.mark.parametrize(("section", "name", "model"), _entries(), ids=lambda v: str(v)[:20])
+def test_every_parameter_has_a_default_and_a_description(
+    section: str, name: str, model: type[Params]
+) -> None:
+    defaults = model.defaults()
+    assert model.model_validate(defaults).model_dump() == defaults
+    for field, default, description in model.described():
+        assert description, f"{section}.{field} of {name} has no description"
+        assert defaults[field] == default
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_every_combination_resolves_with_defaults(task: str) -> None:
+    for attention in ATTENTION:
+        for optimizer in OPTIMIZERS:
+            cfg = resolve(task, attention, optimizer)
+            assert cfg.task_params == TASKS[task].params.defaults()
+            assert cfg.attention_params == ATTENTION[attention].params.defaults()
+            assert cfg.optim == OPTIMIZERS[optimizer].params.defaults()
+
+
+def _numbers(model: type[Params]) -> list[tuple[str, type]]:
+    """(field, int or float) of every numeric parameter of `model`."""
+    out = []
+    for field, default, _ in model.described():
+        kind = type(default)
+        if default is None:  # an optional width
+            kind = int
+        if kind in (int, float):
+            out.append((field, kind))
+    return out
+
+
+@pytest.mark.parametrize(("section", "name", "model"), _entries(), ids=lambda v: str(v)[:20])
+def test_values_torch_would_reject_are_refused_naming_the_key(
+    section: str, name: str, model: type[Params]
+) -> None:
+    """Sizes beyond int64, non-finite floats and bools are one-line errors before any run."""
+    names = {
+        "task": (name, "dot", "adam"),
+        "attention": ("copy", name, "adam"),
+        "optim": ("copy", "dot", name),
+    }.get(section, ("copy", "dot", "adam"))
+    for field, kind in _numbers(model):
+        bad = [2**64, True, -(2**63) - 1] if kind is int else [math.inf, math.nan, True]
+        for value in bad:
+            key = f"{section}.{field}"
+            with pytest.raises(UserError) as info:
+                resolve(*names, overrides={key: value})
+            message = str(info.value)
+            assert message.startswith(f"{key}=") and "\n" not in message, message
+
+
+def test_set_reads_exponents_as_numbers() -> None:
+    overrides = parse_set_options(["optim.eps=1e-6", "model.dropout=1e-1", "train.batch_size=8"])
+    cfg = resolve("copy", "dot", "adam", overrides=overrides)
+    assert cfg.optim["eps"] == 1e-6 and cfg.model["dropout"] == 0.1
+    with pytest.raises(UserError, match=r"^train\.batch_size='8e0': input should be a valid"):
+        resolve("copy", "dot", "adam", overrides=parse_set_options(["train.batch_size=8e0"]))
+
+
+def test_a_run_too_large_for_memory_is_refused_with_the_estimate() -> None:
+    big = {"model.d_model": 2**15, "model.d_ff": 2**16, "train.batch_size": 2**20}
+    with pytest.raises(UserError) as info:
+        resolve("copy", "dot", "adam", overrides=big)
+    message = str(info.value)
+    assert message.startswith("needs about ") and "GiB" in message and "\n" not in message
+    assert "model.d_model=32768" in message and "train.batch_size=1048576" in message
+    in_grid = _error({"model": {"d_model": 2**15, "d_ff": 2**16}, "train": {"batch_size": 2**20}})
+    assert in_grid.startswith("g.yaml: needs about ") and in_grid.endswith("(with copy/dot/adam)")
+
+
+def test_width_errors_name_the_field_that_set_them() -> None:
+    assert _error({"attention": [{"name": "multihead", "params": {"n_heads": 3}}]}) == (
+        "g.yaml: attention[0].params.n_heads=3: with model.d_model=64, model.d_k=64: "
+        "d_model=64 is not divisible by n_heads=3"
+    )
+    message = _error({"attention": ["multihead"], "sweep": {"model.d_k": [30]}})
+    assert message.startswith("g.yaml: sweep.model.d_k=30: with model.d_model=64")
+
+
+def test_the_json_schema_accepts_the_shipped_grids_and_spells_out_params() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = grid_json_schema()
+    for path in GRIDS.glob("*.yaml"):
+        jsonschema.validate(yaml.safe_load(path.read_text()), schema)
+    bad = {**BASE, "tasks": [{"name": "copy", "params": {"length": "ten"}}]}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    names = json.dumps(schema)
+    assert all(f'"const": "{name}"' in names for name in [*TASKS, *ATTENTION, *OPTIMIZERS])

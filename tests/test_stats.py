@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from test_report import tables
 
-from harness.report import build_report, stats
+from harness import schema
+from harness.report import build_report, figures, stats
 from harness.report.collect import collect
+from harness.report.style import Style
 
 N_TEST = 104  # text_cls's old test set: 0.7212 = 75/104
 
@@ -45,12 +48,27 @@ class Run:
     outcomes: bool = True  # store test_outcomes.json
     metric: str = "acc"
     attn: dict[str, dict[int, float]] | None = None  # key -> {step: value}
+    metric_tags: bool = True  # write harness.metric_label and harness.metric_bounds
+    outcomes_format: str = "metric_sum"  # or "correct": the format before metric_sum
 
 
-def write_experiment(client: MlflowClient, name: str, runs: list[Run]) -> None:
+# How the training side declares the metrics these runs use: label, bounds, direction, and
+# per example what the metric sums, from the 0/1 `correct` and the loss in nats.
+METRICS = {
+    "acc": ("accuracy", "0,1", True, lambda correct, loss: correct),
+    "bpc": ("bits per character", "0,inf", False, lambda correct, loss: loss / math.log(2)),
+    "err": ("error rate", "0,1", False, lambda correct, loss: 1 - correct),  # a new metric
+}
+
+
+def write_experiment(
+    client: MlflowClient, name: str, runs: list[Run], plan: list[dict] | None = None
+) -> None:
     exp_id = client.create_experiment(name)
-    parent = client.create_run(exp_id, run_name=name, tags={"harness.grid": name})
-    client.log_param(parent.info.run_id, "protocol", "fixed")
+    parent = client.create_run(exp_id, run_name=name, tags={schema.GRID: name})
+    client.log_param(parent.info.run_id, schema.PROTOCOL, "fixed")
+    if plan is not None:
+        client.log_dict(parent.info.run_id, plan, schema.PLAN_JSON)
     client.set_terminated(parent.info.run_id, "FINISHED")
     for run in runs:
         _write(client, exp_id, parent.info.run_id, name, run)
@@ -59,18 +77,20 @@ def write_experiment(client: MlflowClient, name: str, runs: list[Run]) -> None:
 def _write(client: MlflowClient, exp_id: str, parent_id: str, grid: str, run: Run) -> None:
     sweep = "".join(f"/{k}={v}" for k, v in sorted(run.sweep.items()))
     diverged = run.correct is None
-    higher = run.metric != "bpc"
+    label, bounds, higher, summed = METRICS[run.metric]
     tags = {
-        "mlflow.parentRunId": parent_id,
-        "harness.cell_id": f"{run.task}-{run.attention}-{run.optimizer}{sweep}-{run.seed}",
-        "harness.grid": grid,
-        "harness.phase": "final",
-        "harness.outcome": "diverged" if diverged else "ok",
-        "harness.metric": run.metric,
-        "harness.target": "0.8" if higher else "2.0",
-        "harness.higher_is_better": str(higher).lower(),
-        "harness.sweep": json.dumps(run.sweep),
+        schema.PARENT: parent_id,
+        schema.CELL_ID: f"{run.task}-{run.attention}-{run.optimizer}{sweep}-{run.seed}",
+        schema.GRID: grid,
+        schema.PHASE: "final",
+        schema.OUTCOME: "diverged" if diverged else "ok",
+        schema.METRIC: run.metric,
+        schema.TARGET: "0.8" if higher else "2.0",
+        schema.HIGHER_IS_BETTER: str(higher).lower(),
+        schema.SWEEP: json.dumps(run.sweep),
     }
+    if run.metric_tags:
+        tags |= {schema.METRIC_LABEL: label, schema.METRIC_BOUNDS: bounds}
     name = f"{run.task}/{run.attention}/{run.optimizer}/lr=0.001{sweep}/seed={run.seed}"
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     params = {
@@ -92,26 +112,26 @@ def _write(client: MlflowClient, exp_id: str, parent_id: str, grid: str, run: Ru
     if not diverged:
         tokens = np.ones(len(run.correct), dtype=int)
         loss = np.where(run.correct == 1, 0.2, 2.5)
-        score = (
-            float(run.correct.sum() / tokens.sum())
-            if run.metric == "acc"
-            else float(loss.sum() / tokens.sum() / math.log(2))
-        )
+        # per example what the metric sums: correct positions, or bits (nats / ln 2)
+        metric_sum = summed(run.correct, loss)
+        score = float(metric_sum.sum() / tokens.sum())
         metrics += [
             Metric(f"test/{run.metric}", score, 0, 20),
             Metric(f"val/{run.metric}", score, 0, 20),
         ]
         if run.outcomes:
+            what = {"metric_sum": metric_sum.tolist()}
+            if run.outcomes_format == "correct":
+                what = {"correct": run.correct.astype(int).tolist()}
             client.log_dict(
                 run_id,
-                {"n_tokens": tokens.tolist(), "correct": run.correct.astype(int).tolist(),
-                 "loss_nats": loss.tolist()},
-                "test_outcomes.json",
-            )  # fmt: skip
+                {"n_tokens": tokens.tolist(), **what, "loss_nats": loss.tolist()},
+                schema.TEST_OUTCOMES,
+            )
     for key, points in (run.attn or {}).items():
         metrics += [Metric(key, value, 0, step) for step, value in points.items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()],
-                     tags=[RunTag("harness.accelerator", "cpu")])  # fmt: skip
+                     tags=[RunTag(schema.ACCELERATOR, "cpu")])  # fmt: skip
     client.set_terminated(run_id, "FINISHED")
 
 
@@ -612,3 +632,99 @@ def test_critical_difference_groups_only_when_friedman_rejects() -> None:
     assert ranked.within_cd.isna().all()
     assert set(info["mean_ranks"].values()) == {2.0}
     assert info["ranks_text"].count("2.00") == 3
+
+
+# --------------------------------------------------------------------------- metric, order, figures
+
+
+def test_a_new_metric_is_reported_from_what_the_runs_declare(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """A metric the report has never seen (an error rate: lower is better, in [0, 1]): its
+    label, range and direction come from the runs' tags, its replicates from metric_sum."""
+    runs = [Run("dot", "adam", s, correct_with(94 + s, s), metric="err", chance=None)
+            for s in (1, 2, 3)]  # fmt: skip
+    runs += [Run("multihead", "adam", s, correct_with(104, 10 + s), metric="err", chance=None)
+             for s in (1, 2)]  # fmt: skip
+    runs += [Run("multihead", "adam", 3, None, metric="err", chance=None)]
+    write_experiment(client, "err", runs)
+    exp, sc, table = analyse(client, "err")
+    dot = row_of(table, "dot")
+    assert dot["mean"] == pytest.approx(1 - np.mean([95, 96, 97]) / 104)
+    assert dot.interval == "seeds and test set" and dot.ci_low < dot["mean"] < dot.ci_high
+    multihead = row_of(table, "multihead")  # two perfect seeds, one diverged without chance
+    assert multihead["mean"] == pytest.approx(1 / 3)  # diverged: the range's worst end, 1
+    assert any("counts as 1, the worst value of the metric's range" in n for n in sc.notes)
+    assert stats.winners(exp, table, sc).winners[0] == ["dot + adam"]
+    html = report_html(client, "err", tmp_path)
+    assert "On text_cls, the best error rate is dot + adam" in html
+    assert "test error rate, lower is better" in html
+
+
+def test_runs_without_the_metric_tags_or_metric_sum_get_neutral_defaults(
+    client: MlflowClient,
+) -> None:
+    """Older runs: no label or bounds tags (label = the metric's name, range unbounded, so no
+    clipping), and outcomes in the format before metric_sum (treated as no outcomes)."""
+    runs = [Run("dot", "adam", s, correct_with(k, s, n=10), metric_tags=False,
+                outcomes_format="correct") for s, k in ((1, 7), (2, 8))]  # fmt: skip
+    write_experiment(client, "old", runs)
+    exp, _, table = analyse(client, "old")
+    assert exp.outcomes == {}
+    dot = row_of(table, "dot")
+    assert (dot.metric_label, dot.metric_low, dot.metric_high) == ("acc", -math.inf, math.inf)
+    assert dot.interval == "seeds only (test-set uncertainty not included)"
+    assert dot.ci_high == pytest.approx(0.75 + 12.706 * 0.05, abs=1e-3)  # not clipped at 1
+
+
+def test_rows_and_legends_follow_the_grids_order(client: MlflowClient) -> None:
+    """The plan lists multihead before dot and sgd before adam: the report keeps that order;
+    without a plan, names sort."""
+    runs = [Run(kind, opt, s, correct_with(70 + s, s)) for kind in ("dot", "multihead")
+            for opt in ("adam", "sgd") for s in (1, 2)]  # fmt: skip
+    plan = [
+        {"task": "text_cls", "attention": kind, "optimizer": opt, "sweep": {}, "phase": "final",
+         "seed": s, "lr": 0.001, "cell_id": f"text_cls-{kind}-{opt}-{s}"}
+        for kind in ("multihead", "dot") for opt in ("sgd", "adam") for s in (1, 2)
+    ]  # fmt: skip
+    write_experiment(client, "planned", runs, plan=plan)
+    exp, _, table = analyse(client, "planned")
+    assert exp.missing.empty
+    assert list(zip(table.attention, table.optimizer, strict=True)) == [
+        ("multihead", "sgd"), ("multihead", "adam"), ("dot", "sgd"), ("dot", "adam")]  # fmt: skip
+    write_experiment(client, "unplanned", runs)
+    _, _, table = analyse(client, "unplanned")
+    assert list(table.attention) == ["dot", "dot", "multihead", "multihead"]
+    assert list(table.optimizer) == ["adam", "sgd", "adam", "sgd"]
+
+
+def test_every_figure_entry_is_drawn_or_noted_and_a_new_one_is_one_entry(
+    client: MlflowClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The figure list drives section 3: a new entry appears with no other change, an entry
+    that cannot draw leaves its note, and runs without attention maps leave a gallery note."""
+    runs = [Run(kind, "adam", s, correct_with(70 + 10 * i + s, 10 * i + s))
+            for i, kind in enumerate(("dot", "multihead")) for s in (1, 2)]  # fmt: skip
+    write_experiment(client, "figs", runs)
+
+    def line(inputs: figures.Inputs, job: figures.Job) -> Figure:
+        fig = Figure()
+        fig.subplots().plot([0, 1], [0, 1])
+        return fig
+
+    extra = figures.Entry("extra-{task}", "task", "{task}: an extra figure",
+                          "Drawn by a test. {n}", line, "")  # fmt: skip
+    never = figures.Entry("never-{task}", "task", "never", "", lambda i, j: None,
+                          "No never-drawn figure for {task}.")  # fmt: skip
+    monkeypatch.setattr(figures, "FIGURES", [*figures.FIGURES, extra, never])
+    exp = collect(client, "figs", "http://127.0.0.1:5000")
+    inputs = figures.Inputs(exp, stats.analyse(exp), Style.of(exp.order, exp.runs.attention),
+                            client, tmp_path)  # fmt: skip
+    drawn = figures.draw_figures(inputs, tmp_path / "figures")
+    notes = [n for group in drawn.notes.values() for n in group]
+    assert len(drawn.files) + len(notes) == len(figures.jobs(inputs))
+    html = report_html(client, "figs", tmp_path)
+    assert 'id="fig-extra-text_cls"' in html and "text_cls: an extra figure." in html
+    assert "No never-drawn figure for text_cls." in html and "fig-never" not in html
+    assert "No attention maps for text_cls · dot: its representative run" in html
+    assert "No learning-rate sensitivity curve" in html  # no tuning runs in this grid

@@ -24,16 +24,17 @@ from tasks.corpus import (
     stdlib_docs,
     stdlib_files,
 )
+from tasks.synthetic import SYNTHETIC_TASKS
 from tasks.text import TextSplits, eval_starts, split_corpus
 from tasks.tokenizers import PAD, UNK, build_tokenizer
 
 ALL = sorted(TASKS)
-SYNTHETIC = ["copy", "reverse", "sort", "assoc_recall", "selective_copy"]
+SYNTHETIC = [task.name for task in SYNTHETIC_TASKS]
 
 
 def build(name: str, seed: int = 0, **overrides: object) -> TaskData:
     task = get_task(name)
-    return task.build({**task.params, **overrides}, seed)
+    return task.build({**task.params.defaults(), **overrides}, seed)
 
 
 @functools.cache
@@ -59,18 +60,30 @@ def assert_same(a: TaskData, b: TaskData) -> None:
 # ---- every registered task ----
 
 
-def test_registry_has_the_tasks() -> None:
-    assert set(ALL) == {*SYNTHETIC, "char_lm", "text_cls"}
+@pytest.mark.parametrize("name", ALL)
+def test_size_bounds_cover_the_default_data(name: str) -> None:
+    """The sizes a task's parameters promise (for the memory check made before any run) bound
+    the data it builds."""
+    task, data = TASKS[name], default(name)
+    bounds = task.params().size_bounds()
+    if bounds is None:
+        return
+    length, vocab, examples = bounds
+    assert data.seq_len <= length and data.vocab_size <= vocab and data.n_outputs <= vocab
+    assert len(data.train) <= examples or examples == 0
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_declaration(name: str) -> None:
     task = TASKS[name]
     assert task.kind in ("token", "classification")
-    assert task.metric in ("acc", "bpc")
+    metric = task.metric
+    assert metric.name and metric.label and "/" not in metric.name
+    assert task.higher_is_better == metric.higher_is_better
+    lo, hi = metric.bounds
+    assert lo < task.target < hi  # a target at a bound is reached only by a perfect model
     assert task.default_steps > 0 and task.description
-    assert 0 < task.target < 1 if task.metric == "acc" else task.target > 0
-    for key, value in task.params.items():
+    for key, value in task.params.defaults().items():
         assert type(value) in (int, float, str, bool), (key, value)
 
 
@@ -100,7 +113,15 @@ def scored(split) -> list[int]:
     return (split.y if split.score_mask is None else split.y[split.score_mask]).tolist()
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if TASKS[n].metric == "acc"])
+@pytest.mark.parametrize("name", ALL)
+def test_chance_lies_in_the_metric_bounds_short_of_the_target(name: str) -> None:
+    task, chance = TASKS[name], default(name).info["chance"]
+    lo, hi = task.metric.bounds
+    assert lo <= chance <= hi
+    assert not task.metric.reached(chance, task.target)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if TASKS[n].metric.name == "acc"])
 def test_chance_is_the_best_input_blind_predictor(name: str) -> None:
     """chance = test accuracy of the constant answer with most training hits (ties: smallest)."""
     data = default(name)
@@ -114,7 +135,8 @@ def test_chance_is_the_best_input_blind_predictor(name: str) -> None:
 @pytest.mark.parametrize("name", SYNTHETIC)
 def test_synthetic_split_sizes(name: str) -> None:
     data = default(name)
-    assert (len(data.train), len(data.val), len(data.test)) == (20000, 1000, 1000)
+    n_train = TASKS[name].params.defaults()["n_train"]
+    assert (len(data.train), len(data.val), len(data.test)) == (n_train, 1000, 1000)
     assert len(build(name, n_train=50).train) == 50
 
 
@@ -129,7 +151,7 @@ from tasks import get_task
 
 def digest(name):
     task = get_task(name)
-    data = task.build(dict(task.params), 3)
+    data = task.build(task.params.defaults(), 3)
     digest = hashlib.sha256()
     for split in (data.train, data.val, data.test):
         digest.update(split.x.numpy().tobytes() + split.y.numpy().tobytes())
@@ -579,20 +601,22 @@ BAD_INPUTS = [
     ("char_lm", {"corpus": "binary.bin"}, ["task.corpus=", "binary.bin", "NUL"]),
     ("char_lm", {"corpus": "latin1.txt"}, ["task.corpus=", "latin1.txt", "UTF-8"]),
     ("char_lm", {"corpus": "short.txt"}, ["task.corpus=", "task.seq_len=128", "too short"]),
-    ("char_lm", {"seq_len": 0}, ["task.seq_len=0", ">= 1"]),
+    ("char_lm", {"seq_len": 0}, ["task.seq_len=0", "greater than or equal to 1"]),
     ("text_cls", {"source": "nolabel.csv"}, ["task.label_column='label'", "text, kind"]),
     ("text_cls", {"source": "nolabel.csv", "text_column": "body"}, ["task.text_column='body'"]),
     ("text_cls", {"source": "oneclass.jsonl"}, ["task.label_column='label'", "'same'"]),
     ("text_cls", {"source": "missing.csv"}, ["task.source=", "no such file"]),
-    ("text_cls", {"tokenizer": "bpe"}, ["task.tokenizer='bpe'", "char, word"]),
+    ("text_cls", {"tokenizer": "bpe"}, ["task.tokenizer='bpe'", "'char' or 'word'"]),
     ("text_cls", {"max_len": 0}, ["task.max_len=0"]),
-    ("copy", {"length": 0}, ["task.length=0", ">= 1"]),
-    ("reverse", {"vocab_size": 1}, ["task.vocab_size=1", ">= 2"]),
+    ("copy", {"length": 0}, ["task.length=0", "greater than or equal to 1"]),
+    ("reverse", {"vocab_size": 1}, ["task.vocab_size=1", "greater than or equal to 2"]),
     ("sort", {"n_train": -5}, ["task.n_train=-5"]),
     ("copy", {"length": 2.5}, ["task.length=2.5", "integer"]),
     ("assoc_recall", {"n_queries": 9}, ["task.n_queries=9", "task.n_pairs=8"]),
     ("assoc_recall", {"n_pairs": 40}, ["task.n_pairs=40", "task.n_keys=32"]),
-    ("assoc_recall", {"n_pairs": 0}, ["task.n_pairs=0", ">= 1"]),
+    ("assoc_recall", {"n_pairs": 0}, ["task.n_pairs=0", "greater than or equal to 1"]),
+    ("copy", {"length": 2**64}, ["task.length=18446744073709551616", "less than or equal"]),
+    ("text_cls", {"text_column": ""}, ["task.text_column=''", "at least 1 character"]),
     ("selective_copy", {"n_data": 40}, ["task.n_data=40", "task.length=32"]),
 ]
 

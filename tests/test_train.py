@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
+from harness import schema
 from harness.config import resolve
-from harness.models.attention import ATTENTION
+from harness.models.attention import ATTENTION, ScaledDotAttention
 from harness.train import train_run
 
 # A small copy problem every attention kind learns in a few dozen steps.
@@ -75,6 +77,7 @@ def test_run_records_the_whole_schema(tracking_uri: str, client: MlflowClient) -
 
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"config.json", "attention_maps.png", "test_outcomes.json"} <= artifacts
+    assert schema.NO_ATTENTION_MAPS not in tags
     config = Path(client.download_artifacts(result.run_id, "config.json")).read_text()
     assert json.loads(config) == cfg.to_dict()
     png = Path(client.download_artifacts(result.run_id, "attention_maps.png")).read_bytes()
@@ -117,3 +120,37 @@ def test_divergence_stops_early_and_finishes(tracking_uri: str, client: MlflowCl
     steps = len(_history(client, result.run_id, "train/loss"))
     assert diverged_at <= steps < 400  # stopped within one read-back window
     assert not _history(client, result.run_id, "test/acc")
+
+
+class KeepsWeights(ScaledDotAttention):
+    """Scaled dot product that never returns its weights, as a linear-attention kind would."""
+
+    def attend(self, q, k, v, allowed, causal_only, need_weights):  # type: ignore[no-untyped-def]
+        out, _ = super().attend(q, k, v, allowed, causal_only, False)
+        return out, None
+
+
+class RefusesWeights(ScaledDotAttention):
+    """Scaled dot product that raises when asked for its weights."""
+
+    def attend(self, q, k, v, allowed, causal_only, need_weights):  # type: ignore[no-untyped-def]
+        if need_weights:
+            raise NotImplementedError("this kind never materialises its weights")
+        return super().attend(q, k, v, allowed, causal_only, False)
+
+
+@pytest.mark.parametrize("cls", [KeepsWeights, RefusesWeights])
+def test_a_kind_without_weights_finishes_without_attention_maps(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch, cls: type
+) -> None:
+    kind = dataclasses.replace(ATTENTION["scaled_dot"], name="no_weights", cls=cls)
+    monkeypatch.setitem(ATTENTION, kind.name, kind)  # registered for this test only
+    _, result = _run(tracking_uri, kind.name, steps=20)
+    run = client.get_run(result.run_id)
+    assert result.outcome == "ok" and run.info.status == "FINISHED"
+    assert run.data.tags[schema.OUTCOME] == "ok"
+    assert "no attention weights" in run.data.tags[schema.NO_ATTENTION_MAPS]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert schema.ATTENTION_MAPS not in artifacts
+    assert {schema.CONFIG_JSON, schema.TEST_OUTCOMES} <= artifacts
+    assert _history(client, result.run_id, schema.attn_entropy(0))  # diagnostics still work

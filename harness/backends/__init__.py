@@ -1,21 +1,70 @@
 """Backends that run grid cells: `local` (worker processes on this machine) and `ray` (actors
-on a local Ray instance or a Ray cluster). Both offer the same small pool interface to the
-launcher: `idle`, `submit(job)`, `poll(timeout)` and `shutdown(kill)`."""
+on a local Ray instance or a Ray cluster).
+
+Each backend is a module here named for it that offers:
+- `OPTIONS`: its command-line options, flag -> argparse keywords (`--ray-address`), which
+  `harness run` adds and which reach the backend's functions as keywords (`ray_address`);
+- `check(tracking_uri, **options)`: refuses, before anything is created, what cannot work;
+- `make_pool(workers, accelerator, tracking_uri, **options)`: a `Pool` (harness.backends.base),
+  `workers` None meaning the backend's own default.
+The launcher sees only the `Pool`; adding a backend is one module and its name in BACKENDS.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib
+from types import ModuleType
 from typing import Any
+
+from harness.backends.base import Pool
+from harness.errors import UserError
 
 BACKENDS = ("local", "ray")
 
 
+def backend(name: str) -> ModuleType:
+    return importlib.import_module(f"harness.backends.{name}")
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """`--backend` and every backend's own options."""
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="local: worker processes here (default); ray: Ray actors, here or on a cluster",
+    )
+    for name in BACKENDS:
+        for flag, keywords in backend(name).OPTIONS.items():
+            parser.add_argument(flag, **keywords)
+
+
+def chosen_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options given for `args.backend`, as keywords; an option of another backend is
+    a user error naming it."""
+    options: dict[str, Any] = {}
+    for name in BACKENDS:
+        for flag in backend(name).OPTIONS:
+            key = flag.lstrip("-").replace("-", "_")
+            value = getattr(args, key, None)
+            if value is None or value == "":  # not given (or given empty: the default)
+                continue
+            if name != args.backend:
+                raise UserError(f"{flag}: only with --backend {name}")
+            options[key] = value
+    return options
+
+
+def check(name: str, tracking_uri: str, options: dict[str, Any]) -> None:
+    backend(name).check(tracking_uri, **options)
+
+
 def make_pool(
-    backend: str, workers: int, accelerator: str, tracking_uri: str, ray_address: str | None
-) -> Any:
-    if backend == "ray":
-        from harness.backends.ray import RayPool
-
-        return RayPool(workers, accelerator, ray_address, tracking_uri)
-    from harness.backends.local import LocalPool
-
-    return LocalPool(workers, accelerator)
+    name: str,
+    workers: int | None,
+    accelerator: str,
+    tracking_uri: str,
+    options: dict[str, Any] | None = None,
+) -> Pool:
+    return backend(name).make_pool(workers, accelerator, tracking_uri, **(options or {}))

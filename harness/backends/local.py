@@ -3,8 +3,9 @@
 Each worker is spawned once and trains many cells, so importing torch, Lightning and MLflow
 (about 4 s) is paid once per worker, not once per cell. Workers never open the MLflow store:
 inside a worker a `PipeSink` stands in for `MlflowClient` and sends every call down the
-worker's own pipe; the launcher applies them in order (`apply_op`). One writer means no
-"database is locked" on SQLite, and a worker that dies mid-message breaks only its own pipe.
+worker's own pipe as a typed write (harness.backends.base); the launcher applies them in order.
+One writer means no "database is locked" on SQLite, and a worker that dies mid-message breaks
+only its own pipe.
 
 Torch threads per worker = cores // workers (at least 1), so workers do not oversubscribe
 the cores (two OpenMP threads spinning against a busy core made runs many times slower).
@@ -19,38 +20,39 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from harness.backends.base import (
+    Done,
+    Event,
+    Job,
+    LogArtifact,
+    LogMetrics,
+    LogParams,
+    LogTags,
+    Lost,
+    Terminate,
+)
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Param, RunTag
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-
-@dataclass(frozen=True)
-class Job:
-    cfg: dict[str, Any]  # RunConfig.to_dict()
-    run_id: str
+OPTIONS: dict[str, dict[str, Any]] = {}  # command-line options of this backend: none
 
 
-@dataclass(frozen=True)
-class Done:
-    run_id: str
-    outcome: str  # ok | diverged | failed
-    metrics: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0  # the whole cell in the worker
-    fit_seconds: float = 0.0  # its training steps
+def check(tracking_uri: str) -> None:
+    """Before anything is created: nothing to check (workers reach the store through the
+    launcher)."""
 
 
-@dataclass(frozen=True)
-class Lost:
-    run_id: str
-    reason: str
+def make_pool(workers: int | None, accelerator: str, tracking_uri: str) -> LocalPool:
+    """`workers` processes (default: this machine's cores); the launcher writes the store."""
+    return LocalPool(workers or os.cpu_count() or 1, accelerator)
 
 
 # --------------------------------------------------------------------------- worker side
@@ -71,14 +73,14 @@ class PipeSink:
     ) -> None:
         if metrics:
             points = [(m.key, m.value, m.timestamp, m.step) for m in metrics]
-            self.conn.send(("metrics", run_id, points))
+            self.conn.send(LogMetrics(run_id, points))
         if params:
-            self.conn.send(("params", run_id, [(p.key, p.value) for p in params]))
+            self.conn.send(LogParams(run_id, [(p.key, p.value) for p in params]))
         if tags:
-            self.conn.send(("tags", run_id, [(t.key, t.value) for t in tags]))
+            self.conn.send(LogTags(run_id, [(t.key, t.value) for t in tags]))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.conn.send(("artifact", run_id, (artifact_file, text.encode())))
+        self.conn.send(LogArtifact(run_id, artifact_file, text.encode()))
 
     def log_dict(self, run_id: str, dictionary: dict, artifact_file: str) -> None:
         self.log_text(run_id, json.dumps(dictionary, indent=2), artifact_file)
@@ -86,10 +88,10 @@ class PipeSink:
     def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
-        self.conn.send(("artifact", run_id, (artifact_file, buffer.getvalue())))
+        self.conn.send(LogArtifact(run_id, artifact_file, buffer.getvalue()))
 
     def set_terminated(self, run_id: str, status: str) -> None:
-        self.conn.send(("terminated", run_id, status))
+        self.conn.send(Terminate(run_id, status))
 
 
 def worker_main(conn: Connection, threads: int, accelerator: str) -> None:
@@ -101,7 +103,7 @@ def worker_main(conn: Connection, threads: int, accelerator: str) -> None:
     torch.set_num_threads(threads)
     sink = PipeSink(conn)
     while (job := conn.recv()) is not None:
-        conn.send(("done", job.run_id, run_job(sink, job, accelerator)))
+        conn.send(run_job(sink, job, accelerator))
 
 
 def run_job(client: Any, job: Job, accelerator: str) -> Done:
@@ -130,27 +132,6 @@ def _die_with_parent() -> None:
 
 
 # --------------------------------------------------------------------------- launcher side
-
-
-def apply_op(client: MlflowClient, op: str, run_id: str, payload: Any) -> None:
-    """Write one call a worker made through its PipeSink."""
-    if op == "metrics":
-        client.log_batch(run_id, metrics=[Metric(*p) for p in payload])
-    elif op == "params":
-        client.log_batch(run_id, params=[Param(*p) for p in payload])
-    elif op == "tags":
-        client.log_batch(run_id, tags=[RunTag(*t) for t in payload])
-    elif op == "artifact":
-        artifact_file, data = payload
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / Path(artifact_file).name
-            local.write_bytes(data)
-            folder = str(Path(artifact_file).parent)
-            client.log_artifact(run_id, str(local), None if folder == "." else folder)
-    elif op == "terminated":
-        client.set_terminated(run_id, payload)
-    else:
-        raise ValueError(f"unknown operation from a worker: {op!r}")
 
 
 @dataclass
@@ -192,13 +173,13 @@ class LocalPool:
             self._workers[index].conn.send(job)
         self._workers[index].job = job
 
-    def poll(self, timeout: float) -> Iterable[tuple[str, str, Any] | Done | Lost]:
-        """Operations to apply (op, run_id, payload), finished jobs, and jobs lost with a worker."""
+    def poll(self, timeout: float) -> Iterable[Event]:
+        """Writes to apply, finished jobs, and jobs lost with a worker."""
         ready = wait([w.conn for w in self._workers if w.job is not None], timeout)
         for worker in [w for w in self._workers if w.conn in ready]:
             yield from self._drain(worker)
 
-    def _drain(self, worker: _Worker) -> Iterable[tuple[str, str, Any] | Done | Lost]:
+    def _drain(self, worker: _Worker) -> Iterable[Event]:
         while worker.job is not None:
             try:
                 if not worker.conn.poll():
@@ -207,11 +188,9 @@ class LocalPool:
             except (EOFError, OSError):
                 yield self._replace(worker)
                 return
-            if message[0] == "done":
+            if isinstance(message, Done):
                 worker.job = None
-                yield message[2]
-            else:
-                yield message
+            yield message
 
     def _replace(self, worker: _Worker) -> Lost:
         """The worker died (killed, out of memory): report its job lost. Its slot is idle;

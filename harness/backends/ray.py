@@ -14,6 +14,9 @@ calls of up to 1000 points):
 - with a local store (SQLite) on a local Ray instance, actors send their calls through a
   Ray queue and the launcher writes them, one writer, as with the local backend. Actors on
   other machines cannot reach a local file: `check` refuses that combination.
+
+Its one option, `--ray-address`, is declared here (`OPTIONS`) and reaches `make_pool` as
+`ray_address`; the command line and the launcher only pass it along.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from harness.backends.local import Done, Job, Lost, PipeSink, run_job
+from harness.backends.base import Done, Event, Job, Lost, Write
+from harness.backends.local import PipeSink, run_job
 from harness.errors import UserError
 from harness.retry import tracking_deadline
 from harness.store import is_http
@@ -31,8 +35,22 @@ from harness.store import is_http
 LOCAL = (None, "", "local")  # --ray-address values that mean "start Ray on this machine"
 QUEUE_BATCH = 1000  # queue items taken per poll
 
+OPTIONS: dict[str, dict[str, Any]] = {  # command-line options of this backend
+    "--ray-address": {
+        "help": "a running Ray cluster (e.g. auto, HOST:6379, ray://HOST:10001); default: "
+        "start Ray on this machine",
+    },
+}
 
-def check(address: str | None, tracking_uri: str) -> None:
+
+def make_pool(
+    workers: int | None, accelerator: str, tracking_uri: str, ray_address: str | None = None
+) -> RayPool:
+    """`workers` actors (default: this machine's cores, or the cluster's CPUs)."""
+    return RayPool(workers, accelerator, ray_address, tracking_uri)
+
+
+def check(tracking_uri: str, ray_address: str | None = None) -> None:
     """Before anything is created: Ray is installed, and remote workers can reach the store."""
     try:
         import ray  # noqa: F401
@@ -40,9 +58,9 @@ def check(address: str | None, tracking_uri: str) -> None:
         raise UserError(
             "--backend ray: Ray is not installed (pip install 'attention-harness[ray]')"
         ) from None
-    if address not in LOCAL and not is_http(tracking_uri):
+    if ray_address not in LOCAL and not is_http(tracking_uri):
         raise UserError(
-            f"--ray-address {address} with tracking URI {tracking_uri}: workers on other "
+            f"--ray-address {ray_address} with tracking URI {tracking_uri}: workers on other "
             "machines cannot write to a local store; start an MLflow tracking server and pass "
             "--tracking-uri http://HOST:PORT (README: Scaling out)"
         )
@@ -54,7 +72,7 @@ class _QueueConn:
     def __init__(self, queue: Any) -> None:
         self.queue = queue
 
-    def send(self, message: tuple) -> None:
+    def send(self, message: Write) -> None:
         self.queue.put(message)  # blocks until the queue holds it: ordered before "done"
 
 
@@ -124,7 +142,7 @@ class RayPool:
         index = next(i for i in range(len(self._actors)) if i not in busy)
         self._running[self._actors[index].run.remote(job)] = (index, job)
 
-    def poll(self, timeout: float) -> Iterable[tuple[str, str, Any] | Done | Lost]:
+    def poll(self, timeout: float) -> Iterable[Event]:
         """Finished cells are found first, then the queue is drained, then the cells are
         reported: every call a cell made is applied before its run is counted done."""
         ready: list = []
@@ -142,7 +160,7 @@ class RayPool:
             except self.ray.exceptions.RayError as err:
                 yield Lost(job.run_id, f"Ray task failed: {str(err).splitlines()[0]}")
 
-    def _drain_queue(self) -> Iterable[tuple[str, str, Any]]:
+    def _drain_queue(self) -> Iterable[Write]:
         while self.queue is not None and not self.queue.empty():
             yield from self.queue.get_nowait_batch(min(QUEUE_BATCH, self.queue.qsize()))
 

@@ -32,6 +32,11 @@ also what torch's scaled_dot_product_attention returns for such rows on CPU.
 Diagnostics: `Attention.logits(x, ...)` gives every kind's pre-softmax scores exactly as they
 enter the softmax (after any scaling) with the "may attend" mask, and `logit_stats` turns them
 into the run schema's `attn/logit_std` and `attn/entropy` (see its docstring).
+
+Registry: each kind is one `AttentionKind` entry naming its module class and its parameters
+model (an `AttentionParams` subclass: defaults, ranges, descriptions, width checks). The
+additive kind's chunked kernel lives in harness.models.additive. About 390 lines: every kind,
+its parameters and the shared diagnostics on one page, so kinds are compared side by side.
 """
 
 from __future__ import annotations
@@ -42,18 +47,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-# Elements of one (B, h, rows, L, d_attn) block that additive attention may hold at once:
-# 2**20 float32 values are 4 MiB, small enough that the in-place passes over a block run in
-# cache. Measured by benchmarks/attention.py: 2**18..2**20 were fastest at the default sizes,
-# 2**22 was 30% slower (README, "Measured").
-ADDITIVE_CHUNK_BUDGET = 2**20
-# Up to this many elements in all (16 MiB of float32), the forward's blocks are kept for
-# the backward instead of recomputed: memory stays bounded, and small cases skip a pass.
-ADDITIVE_KEEP_BUDGET = 2**22
-
+from harness.models.additive import additive_scores
+from tasks.params import NonNegative, Params, Width, validated
 
 # --------------------------------------------------------------------------- masking
 
@@ -239,7 +237,7 @@ class MultiHeadAttention(Attention):
     diagnostics' path) computes the same scores explicitly.
     """
 
-    def __init__(self, d_model: int, d_k: int, n_heads: int = 4, d_head: int | None = None) -> None:
+    def __init__(self, d_model: int, d_k: int, n_heads: int, d_head: int | None) -> None:
         super().__init__(d_model, d_k, n_heads=n_heads, d_head=d_head)
 
     scores = ScaledDotAttention.scores  # per head: Q K^T / sqrt(d_head)
@@ -265,101 +263,6 @@ class MultiHeadAttention(Attention):
 # --------------------------------------------------------------------------- additive kind
 
 
-def _auto_chunk_rows(
-    batch: int, heads: int, length: int, d_attn: int, budget: int = ADDITIVE_CHUNK_BUDGET
-) -> int:
-    """Query rows per chunk so one (B, h, rows, L, d_attn) block holds at most `budget` elements.
-
-    At least 1 row, at most `length` (one chunk when the whole tensor fits the budget).
-    """
-    per_row = batch * heads * length * d_attn
-    return max(1, min(length, budget // max(per_row, 1)))
-
-
-def additive_scores_naive(qa: Tensor, ka: Tensor, v: Tensor) -> Tensor:
-    """Reference: score[b,h,i,j] = v[h] . tanh(qa[b,h,i] + ka[b,h,j]), whole tensor at once.
-
-    qa: (B, h, Lq, d), ka: (B, h, Lk, d), v: (h, d) -> (B, h, Lq, Lk).
-    """
-    t = torch.tanh(qa[..., :, None, :] + ka[..., None, :, :])  # (B, h, Lq, Lk, d)
-    return (t @ v[:, None, :, None]).squeeze(-1)
-
-
-class _AdditiveScores(torch.autograd.Function):
-    """Additive scores computed chunk by chunk over query rows, through the sigmoid.
-
-    tanh(x) = 2 sigmoid(2x) - 1, and torch's CPU sigmoid is about 7x faster than its tanh
-    (benchmarks/attention.py, 4M float32 elements: 0.9 ms against 6.7 ms), so each block
-    holds s = sigmoid(2 qa_i + 2 ka_j) and the affine part is applied to the small results:
-      score = v . (2s - 1) = 2 (v . s) - sum(v)
-      dv    = sum_{b,i,j} g (2s - 1) = 2 sum g s - sum g
-      dpre  = g v (1 - t^2) = 4 g v s (1 - s),  dqa = sum_j dpre,  dka = sum_i dpre
-    where g = dL/dscore and v factors out of both sums. When the whole (B, h, Lq, Lk, d) block
-    tensor is at most ADDITIVE_KEEP_BUDGET elements its blocks are saved for backward; above that
-    only the inputs are saved and backward recomputes s per chunk, so memory stays bounded.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, qa: Tensor, ka: Tensor, v: Tensor, rows: int) -> Tensor:
-        ctx.rows = rows
-        keep = qa[..., :1, :].numel() * ka.shape[-2] * qa.shape[-2] <= ADDITIVE_KEEP_BUDGET
-        qa2, ka2 = qa * 2, ka * 2
-        v_sum = v.sum(dim=-1)[:, None, None]  # (h, 1, 1)
-        blocks: list[Tensor] = []  # small enough: kept for backward, not recomputed
-        scores = qa.new_empty(*qa.shape[:-1], ka.shape[-2])
-        for s in range(0, qa.shape[-2], rows):
-            sig = _sigmoid_block(qa2, ka2, s, rows)  # (B, h, r, Lk, d)
-            # one matrix-vector product per head over all (b, i, j), not one per (b, h, i)
-            vs = torch.einsum("bhrld,hd->bhrl", sig, v)
-            scores[..., s : s + rows, :] = vs.mul_(2).sub_(v_sum)
-            if keep:
-                blocks.append(sig)
-        ctx.kept = keep
-        ctx.save_for_backward(qa2, ka2, v, *blocks)
-        return scores
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
-        qa2, ka2, v, *blocks = ctx.saved_tensors
-        rows = ctx.rows
-        dqa, dka, gs = torch.empty_like(qa2), torch.zeros_like(ka2), torch.zeros_like(v)
-        scratch = None  # one block-sized buffer for dpre, reused by every chunk
-        for n, s in enumerate(range(0, qa2.shape[-2], rows)):
-            g = grad[..., s : s + rows, :]  # (B, h, r, Lk)
-            sig = blocks[n] if ctx.kept else _sigmoid_block(qa2, ka2, s, rows)
-            gs += torch.einsum("bhrl,bhrld->hd", g, sig)  # one product per head
-            if ctx.kept:  # kept blocks may serve another backward: sig stays as it is
-                if scratch is None or scratch.shape != sig.shape:
-                    scratch = torch.empty_like(sig)
-                dpre = torch.addcmul(sig, sig, sig, value=-1, out=scratch)  # s (1 - s)
-            else:  # the recomputed block's own buffer, still in cache
-                dpre = sig.addcmul_(sig, sig, value=-1)
-            dpre.mul_(g[..., None])  # g s (1 - s); the factor 4 v comes after the sums
-            dqa[..., s : s + rows, :] = dpre.sum(dim=-2)
-            dka += dpre.sum(dim=-3)
-        v4 = (4 * v)[:, None, :]  # (h, 1, d), against (B, h, L, d)
-        dv = gs.mul_(2).sub_(grad.sum(dim=(0, 2, 3))[:, None])
-        return dqa.mul_(v4), dka.mul_(v4), dv, None
-
-
-def _sigmoid_block(qa2: Tensor, ka2: Tensor, start: int, rows: int) -> Tensor:
-    """sigmoid(2 qa_i + 2 ka_j) for query rows start..start+rows: (B, h, r, Lk, d)."""
-    return (qa2[..., start : start + rows, None, :] + ka2[..., None, :, :]).sigmoid_()
-
-
-def additive_scores(qa: Tensor, ka: Tensor, v: Tensor, chunk_size: int = 0) -> Tensor:
-    """Same as `additive_scores_naive`, without materialising (B, h, Lq, Lk, d) at once.
-
-    chunk_size = query rows per chunk; 0 picks it from ADDITIVE_CHUNK_BUDGET.
-    """
-    if chunk_size < 0:
-        raise ValueError(f"chunk_size must be >= 0, got {chunk_size}")
-    B, h, _, d = qa.shape
-    rows = chunk_size or _auto_chunk_rows(B, h, ka.shape[-2], d)
-    return _AdditiveScores.apply(qa, ka, v, rows)
-
-
 class AdditiveAttention(Attention):
     """Additive attention: score(q_i, k_j) = v^T tanh(W_q x_i + W_k x_j) (Bahdanau et al. 2015).
 
@@ -377,9 +280,9 @@ class AdditiveAttention(Attention):
         self,
         d_model: int,
         d_k: int,
-        d_attn: int | None = None,
-        n_heads: int = 1,
-        chunk_size: int = 0,
+        d_attn: int | None,
+        n_heads: int,
+        chunk_size: int,
     ) -> None:
         super().__init__(d_model, d_k, n_heads=n_heads, d_head=d_attn, key_bias=False)
         if chunk_size < 0:
@@ -392,41 +295,84 @@ class AdditiveAttention(Attention):
         return additive_scores(q, k, self.v_a, self.chunk_size)
 
 
-# --------------------------------------------------------------------------- registry
+# --------------------------------------------------------------------------- parameters
 
-Scalar = int | float | str | bool | None
+
+class AttentionParams(Params):
+    """A kind's parameters (`attention.*`): defaults, ranges and descriptions in one place.
+
+    `heads` says how the kind splits its width, and `check_widths` refuses, before any run,
+    the widths its module would reject; a kind with other constraints overrides it.
+    """
+
+    def heads(self) -> tuple[int, int | None]:
+        """(number of heads, explicit per-head width or None for d_k / n_heads)."""
+        return 1, None
+
+    def check_widths(self, d_model: int, d_k: int) -> None:
+        """Raise ValueError when the module cannot be built at these widths."""
+        n_heads, per_head = self.heads()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        head_width(d_k, n_heads, per_head)
+
+
+class AdditiveParams(AttentionParams):
+    d_attn: Width | None = Field(
+        None, description="per-head width of the tanh layer (default d_k / n_heads)"
+    )
+    n_heads: Width = Field(1, description="heads; must divide model.d_model")
+    chunk_size: NonNegative = Field(0, description="query rows per block (0 = automatic)")
+
+    def heads(self) -> tuple[int, int | None]:
+        return self.n_heads, self.d_attn
+
+
+class MultiHeadParams(AttentionParams):
+    n_heads: Width = Field(4, description="heads; must divide model.d_model (and model.d_k)")
+    d_head: Width | None = Field(
+        None, description="per-head query/key width (default d_k / n_heads)"
+    )
+
+    def heads(self) -> tuple[int, int | None]:
+        return self.n_heads, self.d_head
+
+
+# --------------------------------------------------------------------------- registry
 
 
 @dataclass(frozen=True)
 class AttentionKind:
-    """One registered kind: its module class, its kind params with defaults, a one-line blurb."""
+    """One registered kind: its module class, its parameters model, a one-line blurb."""
 
     name: str
     cls: type[Attention]
-    params: dict[str, Scalar]
+    params: type[AttentionParams]
     description: str
 
 
 ATTENTION: dict[str, AttentionKind] = {
     k.name: k
     for k in [
-        AttentionKind("dot", DotAttention, {}, "softmax(QK^T)V, one head, unscaled (Luong 2015)"),
+        AttentionKind(
+            "dot", DotAttention, AttentionParams, "softmax(QK^T)V, one head, unscaled (Luong 2015)"
+        ),
         AttentionKind(
             "scaled_dot",
             ScaledDotAttention,
-            {},
+            AttentionParams,
             "softmax(QK^T/sqrt(d_k))V, one head (Vaswani 2017)",
         ),
         AttentionKind(
             "additive",
             AdditiveAttention,
-            {"d_attn": None, "n_heads": 1, "chunk_size": 0},
+            AdditiveParams,
             "v^T tanh(W_q x_i + W_k x_j), d_attn = d_k / n_heads per head (Bahdanau 2015)",
         ),
         AttentionKind(
             "multihead",
             MultiHeadAttention,
-            {"n_heads": 4, "d_head": None},
+            MultiHeadParams,
             "h heads of scaled dot product, SDPA when weights not needed (Vaswani 2017)",
         ),
     ]
@@ -434,18 +380,11 @@ ATTENTION: dict[str, AttentionKind] = {
 
 
 def build_attention(kind: str, d_model: int, d_k: int, **params: Any) -> Attention:
-    """Instantiate a registered kind, overlaying `params` on its defaults."""
+    """Instantiate a registered kind with `params` (the rest keep their defaults); a bad
+    name, parameter or width is a ValueError of one line."""
     if kind not in ATTENTION:
         raise ValueError(f"unknown attention kind {kind!r}; choose from: {', '.join(ATTENTION)}")
     spec = ATTENTION[kind]
-    unknown = sorted(set(params) - set(spec.params))
-    if unknown:
-        valid = ", ".join(spec.params) or "(none)"
-        raise ValueError(f"unknown param {unknown[0]!r} for attention {kind!r}; valid: {valid}")
-    return spec.cls(d_model, d_k, **{**spec.params, **params})
-
-
-def check_attention(kind: str, d_model: int, d_k: int, **params: Any) -> None:
-    """Raise the ValueError `build_attention` would, without allocating any weights."""
-    with torch.device("meta"):
-        build_attention(kind, d_model, d_k, **params)
+    checked: AttentionParams = validated(spec.params, params, "attention")
+    checked.check_widths(d_model, d_k)
+    return spec.cls(d_model, d_k, **checked.model_dump())

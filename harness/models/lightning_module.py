@@ -1,13 +1,20 @@
 """One LightningModule for every attention kind and every task.
 
-Loss: cross-entropy over the scored positions (token tasks) or the sequences
-(classification). Evaluation sums loss, correct predictions and counts on the device and
-reports once per evaluation: `<split>/loss` (nats) and the task's metric, `<split>/acc` or
-`<split>/bpc` (= loss / ln 2, bits per character).
+The model and the optimizer come ready-made (as lightning-hydra-template passes them): the
+module gets an `nn.Module` (`AttentionModel` or anything with its forward), a factory that
+turns the model into an optimizer, and optionally one that turns the optimizer into a
+per-step learning-rate scheduler. `harness.train.build_module` builds all three from a cell's
+config; the module itself knows nothing of configs.
 
-Testing also keeps per-example outcomes on the device (scored positions, correct positions,
-summed cross-entropy in nats), read back once at the end into `test_outcomes`, in test-split
-order: the report's bootstrap over test examples resamples them.
+Loss and metric are the task's (`Task.loss`, `Task.metric`, see tasks.metrics). Evaluation sums
+the loss, the metric's position scores and the scored positions on the device and reports
+once per evaluation: `<split>/loss` (nats) and `<split>/<metric name>`.
+
+Testing also keeps per-example outcomes on the device (scored positions, summed position
+scores, summed loss in nats), read back once at the end into `test_outcomes`, in test-split
+order: {"n_tokens", "metric_sum", "loss_nats"}, one entry per test example, so that the test
+metric is sum(metric_sum) / sum(n_tokens) and the loss sum(loss_nats) / sum(n_tokens). The
+report's bootstrap over test examples resamples them.
 
 Attention diagnostics (`attn/logit_std/layer<i>`, `attn/entropy/layer<i>`) are computed on a
 fixed batch (`diagnostic_batch`, set by the trainer code) in eval mode without gradients, at
@@ -18,38 +25,41 @@ Eval mode draws no dropout masks, so the diagnostics leave the training RNG stre
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from harness.config import RunConfig
-from harness.models.transformer import AttentionModel
-from harness.optim import build_optimizer, build_scheduler
-from tasks import Task, TaskData
+from harness import schema
+from tasks import Task
+from tasks.loaders import Batch
+from tasks.metrics import sum_per_example
 
-Batch = dict[str, torch.Tensor]
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
 
 
 class AttentionTaskModule(pl.LightningModule):
-    def __init__(self, cfg: RunConfig, task: Task, data: TaskData) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        task: Task,
+        optimizer: OptimizerFactory,
+        scheduler: SchedulerFactory | None = None,
+        grad_clip: float = 0.0,
+    ) -> None:
+        """`model(x, padding, score_mask, need_weights=...)` returns (logits, attention maps);
+        `grad_clip` > 0 clips the global gradient norm to it (0 turns clipping off)."""
         super().__init__()
-        self.cfg, self.task = cfg, task
-        self.model = AttentionModel(
-            vocab_size=data.vocab_size,
-            n_outputs=data.n_outputs,
-            max_len=data.seq_len,
-            head=task.kind,
-            causal=task.causal,
-            attention=cfg.attention,
-            attention_params=cfg.attention_params,
-            **cfg.model,
-        )
+        self.model, self.task = model, task
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.grad_clip = grad_clip
         self.last_grad_norm: torch.Tensor | None = None
-        self._sums: torch.Tensor | None = None  # (loss sum, correct, count) of the current eval
-        self._outcomes: list[torch.Tensor] = []  # per test batch: (3, B) tokens, correct, nats
+        self._sums: torch.Tensor | None = None  # (loss, score, positions) of the current eval
+        self._outcomes: list[torch.Tensor] = []  # per test batch: (3, B) tokens, score, nats
         self.eval_metrics: dict[str, float] = {}  # latest value of each val/* and test/* metric
         self.test_outcomes: dict[str, list] | None = None  # per test example, after `test`
         self.diagnostic_batch: Batch | None = None  # fixed validation batch (x, padding)
@@ -61,6 +71,7 @@ class AttentionTaskModule(pl.LightningModule):
         )
 
     def targets(self, batch: Batch) -> torch.Tensor:
+        """The targets the logits predict: one per sequence, or one per scored position."""
         y, mask = batch["y"], batch.get("score_mask")
         if self.task.kind == "classification":
             return y
@@ -68,20 +79,20 @@ class AttentionTaskModule(pl.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits, _ = self(batch)
-        return F.cross_entropy(logits, self.targets(batch))
+        return self.task.loss(logits, self.targets(batch))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)
-        clip = self.cfg.optim["grad_clip"]
-        if clip > 0:
-            torch.nn.utils.clip_grads_with_norm_(self.parameters(), clip, norm)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.parameters(), self.grad_clip, norm)
         self.last_grad_norm = norm.detach()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        cfg = self.cfg
-        optimizer = build_optimizer(cfg.optimizer, self, cfg.lr, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.steps, cfg.optim)
+        optimizer = self.optimizer_factory(self.model)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        scheduler = self.scheduler_factory(optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
@@ -91,47 +102,36 @@ class AttentionTaskModule(pl.LightningModule):
     def _eval_step(self, batch: Batch, per_example: bool = False) -> None:
         logits, _ = self(batch)
         target = self.targets(batch)
-        token_loss = F.cross_entropy(logits.float(), target, reduction="none")
-        hit = (logits.argmax(-1) == target).to(token_loss.dtype)
+        token_loss = self.task.loss(logits.float(), target, reduction="none")
+        score = self.task.metric.position_score(logits, target, token_loss)
         loss = token_loss.sum()
-        sums = torch.stack([loss, hit.sum(), loss.new_tensor(target.numel())])
+        sums = torch.stack([loss, score.sum(), loss.new_tensor(target.numel())])
         self._sums = sums if self._sums is None else self._sums + sums
         if per_example:
-            self._outcomes.append(self._per_example(batch, token_loss, hit))
+            self._outcomes.append(self._per_example(batch, token_loss, score))
 
     def _per_example(
-        self, batch: Batch, token_loss: torch.Tensor, hit: torch.Tensor
+        self, batch: Batch, token_loss: torch.Tensor, score: torch.Tensor
     ) -> torch.Tensor:
-        """(3, B): scored positions, correct positions, summed loss (nats) of each example.
-
-        Scored positions come row-major (as `targets` flattens them), so the owner of each is
-        its row repeated by the row's count; `output_size` keeps that free of a host sync.
-        """
+        """(3, B): scored positions, summed position scores, summed loss (nats) per example."""
         if self.task.kind == "classification":
-            return torch.stack([torch.ones_like(token_loss), hit, token_loss])
+            return torch.stack([torch.ones_like(token_loss), score, token_loss])
         x, mask = batch["x"], batch.get("score_mask")
-        n = x.shape[0]
         if mask is None:
-            counts = torch.full((n,), x.shape[1], device=x.device, dtype=torch.long)
+            counts = torch.full((x.shape[0],), x.shape[1], device=x.device, dtype=torch.long)
         else:
             counts = mask.sum(dim=1)
-        rows = torch.arange(n, device=x.device)
-        owner = torch.repeat_interleave(rows, counts, output_size=token_loss.numel())
-        out = token_loss.new_zeros(3, n)
-        out[0] = counts.to(out.dtype)
-        out[1].index_add_(0, owner, hit)
-        out[2].index_add_(0, owner, token_loss)
-        return out
+        sums = sum_per_example(torch.stack([score, token_loss]), counts)
+        return torch.cat([counts.to(sums.dtype)[None], sums])
 
     def _log_eval(self, split: str) -> dict[str, float]:
-        loss_sum, correct, count = self._sums.tolist()
+        loss_sum, score_sum, count = self._sums.tolist()
         self._sums = None
-        loss = loss_sum / count
-        metrics = {f"{split}/loss": loss}
-        if self.task.metric == "bpc":
-            metrics[f"{split}/bpc"] = loss / math.log(2)
-        else:
-            metrics[f"{split}/acc"] = correct / count
+        metric = self.task.metric
+        metrics = {
+            schema.split_metric(split, "loss"): loss_sum / count,
+            schema.split_metric(split, metric.name): metric.value(score_sum, count),
+        }
         self.logger.log_metrics(metrics, step=self.global_step)
         self.eval_metrics.update(metrics)
         return metrics
@@ -151,11 +151,12 @@ class AttentionTaskModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
-        n_tokens, correct, loss_nats = torch.cat(self._outcomes, dim=1).tolist()
+        n_tokens, score, loss_nats = torch.cat(self._outcomes, dim=1).tolist()
         self._outcomes = []
+        divisor = self.task.metric.divisor
         self.test_outcomes = {
             "n_tokens": [round(v) for v in n_tokens],
-            "correct": [round(v) for v in correct],
+            "metric_sum": score if divisor == 1 else [v / divisor for v in score],
             "loss_nats": loss_nats,
         }
 
@@ -173,6 +174,6 @@ class AttentionTaskModule(pl.LightningModule):
         stats = self.model.attention_stats(batch["x"], batch.get("padding"))
         metrics = {}
         for i, (logit_std, entropy) in enumerate(stats):
-            metrics[f"attn/logit_std/layer{i}"] = logit_std
-            metrics[f"attn/entropy/layer{i}"] = entropy
+            metrics[schema.attn_logit_std(i)] = logit_std
+            metrics[schema.attn_entropy(i)] = entropy
         self.logger.log_metrics(metrics, step=self.global_step)

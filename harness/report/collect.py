@@ -1,81 +1,80 @@
 """MLflow -> pandas: every run of an experiment, with what the report needs, read page by page.
 
-This module reads only the run schema of DESIGN.md (params, tags, metrics, the parent run's
-`grid.yaml` and `plan.json`); it never imports the training code, so it reports on runs made
-on any machine. What it returns:
+This module reads only the run schema (`harness.schema`: params, tags, metrics, the parent
+run's `grid.yaml` and `plan.json`); it never imports the training code, so it reports on runs
+made on any machine. What it returns:
 
-- `runs`: one row per child run (a run with `harness.cell_id`), every status;
+- `runs`: one row per child run (a run with a cell id), every status, with its metric as the
+  run declares it: name (tag `harness.metric`), label (`harness.metric_label`), range
+  (`harness.metric_bounds`) and direction (`harness.higher_is_better`); runs without those
+  tags get neutral defaults (label = name, range unbounded, higher is better);
 - `histories`: long form (run_id, key, step, value) of the final runs' validation metric,
   step time, throughput and attention diagnostics (`attn/*`), for learning curves,
   time-to-target and the diagnostics figure;
 - `outcomes`: per final run that has it, its per-example test outcomes (`test_outcomes.json`:
-  arrays `n_tokens`, `correct`, `loss_nats`, one entry per test example), for intervals that
-  include test-set uncertainty; runs without the artifact (older runs) are simply absent;
-- `missing`: the cells of the parent's plan that have no FINISHED run.
+  arrays `n_tokens`, `metric_sum`, `loss_nats`, one entry per test example; the test metric
+  is sum(metric_sum) / sum(n_tokens)), for intervals that include test-set uncertainty; runs
+  without the artifact, or with one lacking `metric_sum` (an older format), are absent;
+- `missing`: the cells of the parent's plan that have no FINISHED run;
+- `order`: tasks, attention kinds and optimizers in the grid's order (its plan, else its
+  grid.yaml), names the grid does not list after them, sorted.
+
+Slightly over 300 lines: the run row, the grid's order and the missing cells read the same
+parent run and schema, and stay together; downloads live in `fetch`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
+from harness import schema
 from harness.errors import UserError
+from harness.report.fetch import (
+    artifact_text,
+    fetch_histories,
+    fetch_outcomes,
+    history_requests,
+    offset,
+)
 
-PAGE = 1000  # runs per search_runs page
-HISTORY_THREADS = 8  # concurrent get_metric_history calls (they wait on I/O, not on Python)
-STEP_MS, THROUGHPUT = "time/step_ms", "throughput/tokens_per_s"
-ATTN_PREFIX = "attn/"  # attn/logit_std/layer<i>, attn/entropy/layer<i>
-TEST_OUTCOMES = "test_outcomes.json"  # per-example test outcomes artifact of a tested run
-# Rows and legends follow these orders (the registries' own), unknown names after them.
-ATTENTION_ORDER = ["dot", "scaled_dot", "additive", "multihead"]
-OPTIMIZER_ORDER = ["adam", "adamw", "sgd", "rmsprop"]
-HARNESS_RUNS = "tags.`harness.cell_id` LIKE '%'"  # runs of a cell (not a grid's parent)
+AXES = ("task", "attention", "optimizer")  # what the grid orders; rows and legends follow it
 RUN_COLUMNS = [
-    "run_id",
-    "run_name",
-    "status",
-    "outcome",
-    "finished",
-    "phase",
-    "task",
-    "attention",
-    "optimizer",
-    "lr",
-    "seed",
-    "steps",
-    "cell_id",
-    "sweep",
-    "sweep_values",
-    "metric",
-    "target",
-    "higher_is_better",
-    "val",
-    "test",
-    "error",
-    "diverged_at",
-    "accelerator",
-    "n_params",
-    "n_train",
-    "n_val",
-    "n_test",
-    "chance",
-    "attn_keys",
-    "start_time",
-    "end_time",
-    "params",
-]
+    "run_id", "run_name", "status", "outcome", "finished", "phase", "task", "attention",
+    "optimizer", "lr", "seed", "steps", "cell_id", "sweep", "sweep_values", "metric",
+    "metric_label", "metric_low", "metric_high", "target", "higher_is_better", "val", "test",
+    "error", "diverged_at", "accelerator", "n_params", "n_train", "n_val", "n_test", "chance",
+    "attn_keys", "start_time", "end_time", "params"
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Order:
+    """The grid's order of tasks, attention kinds and optimizers (the user's, from its spec)."""
+
+    task: tuple[str, ...] = ()
+    attention: tuple[str, ...] = ()
+    optimizer: tuple[str, ...] = ()
+
+    def of(self, axis: str, values: Iterable[str]) -> list[str]:
+        """The distinct `values` in the grid's order for `axis`, unlisted ones after, sorted."""
+        known = getattr(self, axis)
+        present = list(dict.fromkeys(values))
+        return [v for v in known if v in present] + sorted(v for v in present if v not in known)
+
+    def rank(self, axis: str, value: str) -> tuple[int, str]:
+        known = getattr(self, axis)
+        return (known.index(value), "") if value in known else (len(known), value)
 
 
 @dataclass
@@ -87,12 +86,13 @@ class Experiment:
     histories: pd.DataFrame
     missing: pd.DataFrame
     parent: dict[str, Any] = field(default_factory=dict)  # run_id, params, tags, grid_yaml
-    # run_id -> {"n_tokens", "correct", "loss_nats"} arrays, for final runs that stored them
+    # run_id -> {"n_tokens", "metric_sum", "loss_nats"} arrays, for final runs that stored them
     outcomes: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     # env.* tags (software, hardware), harness.version and harness.git_commit: the parent's,
     # or for runs of `harness train` (no parent) the newest run's
     environment: dict[str, str] = field(default_factory=dict)
     plan_known: bool = False  # whether the parent recorded plan.json
+    order: Order = field(default_factory=Order)  # the grid's order of tasks, kinds, optimizers
 
     def run_url(self, run_id: str) -> str:
         return f"{self.ui_url}/#/experiments/{self.id}/runs/{run_id}"
@@ -117,17 +117,17 @@ def collect(
 ) -> Experiment:
     """Read experiment `experiment`; a UserError when it is unknown or holds no harness run."""
     exp = find_experiment(client, experiment)
-    all_runs = search_all(client, exp.experiment_id)
-    children = [r for r in all_runs if "harness.cell_id" in r.data.tags]
-    parents = [r for r in all_runs if "harness.cell_id" not in r.data.tags]
+    all_runs = schema.search_all(client, exp.experiment_id)
+    children = [r for r in all_runs if schema.is_cell(r)]
+    parents = [r for r in all_runs if not schema.is_cell(r)]
     parent, plan = _parent(client, parents[0]) if parents else ({}, None)
-    task_order = list(dict.fromkeys(cell["task"] for cell in plan or []))
-    runs = runs_frame(children, task_order)
+    order = grid_order(plan, parent.get("grid_yaml"))
+    runs = runs_frame(children, order)
     wanted = runs[(runs.phase == "final") & runs.current & (runs.status == "FINISHED")]
     tested = wanted[wanted.outcome == "ok"]
-    total = _history_requests(wanted) + len(tested)
-    histories = fetch_histories(client, wanted, _offset(progress, 0, total))
-    outcomes = fetch_outcomes(client, tested, _offset(progress, total - len(tested), total))
+    total = history_requests(wanted) + len(tested)
+    histories = fetch_histories(client, wanted, offset(progress, 0, total))
+    outcomes = fetch_outcomes(client, tested, offset(progress, total - len(tested), total))
     return Experiment(
         name=exp.name,
         id=exp.experiment_id,
@@ -139,6 +139,7 @@ def collect(
         parent=parent,
         plan_known=plan is not None,
         environment=_environment(parents[0] if parents else children[0]),
+        order=order,
     )
 
 
@@ -150,101 +151,130 @@ def find_experiment(client: MlflowClient, experiment: str) -> Any:
         raise UserError(f"cannot read the tracking store: {err.message.splitlines()[0]}") from None
     if exp is None:
         raise UserError(f"no experiment {experiment!r} in the tracking store")
-    some = client.search_runs([exp.experiment_id], HARNESS_RUNS, max_results=1)
+    some = client.search_runs([exp.experiment_id], schema.CELL_RUNS, max_results=1)
     if not some:
         raise UserError(f"experiment {experiment!r} has no harness runs to report on")
     return exp
 
 
-def search_all(client: MlflowClient, experiment_id: str) -> list[Run]:
-    """Every run of the experiment, PAGE at a time (experiments of many thousands work)."""
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs([experiment_id], max_results=PAGE, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+def grid_order(plan: Sequence[dict[str, Any]] | None, grid_yaml: str | None) -> Order:
+    """Tasks, attention kinds and optimizers in the order the grid lists them: from its plan
+    (cells in grid order), else its grid.yaml (`tasks`, `attention`, `optimizers` entries, each
+    a name or a mapping with `name`); empty (sorted names) when neither is readable."""
+    if plan:
+        return Order(*(tuple(dict.fromkeys(str(c.get(axis)) for c in plan)) for axis in AXES))
+    try:
+        spec = yaml.safe_load(grid_yaml or "")
+    except yaml.YAMLError:
+        spec = None
+    if not isinstance(spec, dict):
+        return Order()
+
+    def names(entries: Any) -> tuple[str, ...]:
+        if not isinstance(entries, list):
+            return ()
+        found = (e.get("name") if isinstance(e, dict) else e for e in entries)
+        return tuple(dict.fromkeys(str(n) for n in found if isinstance(n, str)))
+
+    return Order(names(spec.get("tasks")), names(spec.get("attention")),
+                 names(spec.get("optimizers")))  # fmt: skip
 
 
-def runs_frame(runs: Iterable[Run], task_order: list[str] | None = None) -> pd.DataFrame:
-    """One row per run; `current` marks each cell's run that counts (its newest FINISHED one,
-    else its newest run), so a failed run that was re-run successfully is not counted twice.
+def runs_frame(runs: Iterable[Run], order: Order | None = None) -> pd.DataFrame:
+    """One row per run; `current` marks each cell's run that counts (the schema's
+    `finished_by_cell`, else its newest run), so a failed run that was re-run successfully is
+    not counted twice.
 
-    Rows are ordered by task (`task_order`, the grid's, else by name), sweep point, attention
-    kind and optimizer (their registry orders), phase, rate and seed."""
+    Rows are ordered by task, sweep point, attention kind and optimizer (the grid's `order`,
+    unlisted names after it), phase, rate and seed."""
+    runs = list(runs)
+    order = order or Order()
+    counted = {r.info.run_id for r in schema.finished_by_cell(runs).values()}
     rows = [_row(run) for run in runs]
     frame = pd.DataFrame(rows, columns=RUN_COLUMNS)
     if frame.empty:
         return frame
-    frame = frame.sort_values(["finished", "start_time"], kind="stable")
-    frame["current"] = ~frame.duplicated("cell_id", keep="last")
-    ranks = {
-        "task": task_order or [],
-        "attention": ATTENTION_ORDER,
-        "optimizer": OPTIMIZER_ORDER,
-    }
+    frame = frame.sort_values("start_time", kind="stable")
+    newest = ~frame.duplicated("cell_id", keep="last")
+    has_finished = frame.cell_id.isin(frame.cell_id[frame.run_id.isin(counted)])
+    frame["current"] = frame.run_id.isin(counted) | (newest & ~has_finished)
 
     def rank(column: pd.Series) -> pd.Series:
-        if column.name not in ranks:
+        if column.name not in AXES:
             return column
-        known = ranks[column.name]
-        return column.map(lambda v: (known.index(v), "") if v in known else (len(known), v))
+        return column.map(lambda v: order.rank(str(column.name), v))
 
-    order = ["task", "sweep", "attention", "optimizer", "phase", "lr", "seed"]
-    return frame.sort_values(order, key=rank, kind="stable").reset_index(drop=True)
+    keys = ["task", "sweep", "attention", "optimizer", "phase", "lr", "seed"]
+    return frame.sort_values(keys, key=rank, kind="stable").reset_index(drop=True)
 
 
 def _row(run: Run) -> dict[str, Any]:
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
-    metric = tags.get("harness.metric") or ("bpc" if "val/bpc" in metrics else "acc")
-    sweep = json.loads(tags.get("harness.sweep") or "{}")
+    metric = tags.get(schema.METRIC) or _metric_of(metrics)
+    low, high = metric_bounds(tags.get(schema.METRIC_BOUNDS))
+    sweep = schema.sweep_of(tags)
     status = run.info.status
-    outcome = tags.get("harness.outcome") or {"RUNNING": "running", "KILLED": "killed"}.get(
+    outcome = tags.get(schema.OUTCOME) or {"RUNNING": "running", "KILLED": "killed"}.get(
         status, "failed"
     )
-    diverged_at = tags.get("harness.diverged_at_step")
+    diverged_at = tags.get(schema.DIVERGED_AT)
     return {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name or "",
         "status": status,
         "outcome": outcome,
         "finished": status == "FINISHED",
-        "phase": tags.get("harness.phase") or params.get("phase", ""),
-        "task": params.get("task", "?"),
-        "attention": params.get("attention", "?"),
-        "optimizer": params.get("optimizer", "?"),
-        "lr": _float(params.get("lr")),
-        "seed": int(params.get("seed", -1)),
+        "phase": tags.get(schema.PHASE) or params.get(schema.PHASE_PARAM, ""),
+        "task": params.get(schema.TASK, "?"),
+        "attention": params.get(schema.ATTENTION, "?"),
+        "optimizer": params.get(schema.OPTIMIZER, "?"),
+        "lr": _float(params.get(schema.LR)),
+        "seed": int(params.get(schema.SEED, -1)),
         "steps": int(params.get("steps", 0)),
-        "cell_id": tags["harness.cell_id"],
-        "sweep": sweep_label(sweep),
+        "cell_id": tags[schema.CELL_ID],
+        "sweep": schema.sweep_label(sweep),
         "sweep_values": sweep,
         "metric": metric,
-        "target": _float(tags.get("harness.target")),
-        "higher_is_better": tags.get("harness.higher_is_better", str(metric != "bpc").lower())
-        == "true",
-        "val": metrics.get(f"val/{metric}", math.nan),
-        "test": metrics.get(f"test/{metric}", math.nan),
-        "error": tags.get("harness.error", ""),
+        "metric_label": tags.get(schema.METRIC_LABEL) or metric or "score",
+        "metric_low": low,
+        "metric_high": high,
+        "target": _float(tags.get(schema.TARGET)),
+        "higher_is_better": tags.get(schema.HIGHER_IS_BETTER, "true").lower() == "true",
+        "val": metrics.get(schema.val_metric(metric), math.nan),
+        "test": metrics.get(schema.test_metric(metric), math.nan),
+        "error": tags.get(schema.ERROR, ""),
         "diverged_at": int(diverged_at) if diverged_at else None,
-        "accelerator": tags.get("harness.accelerator", ""),
-        "n_params": _float(params.get("model.n_params")),
-        "n_train": _float(params.get("data.n_train")),
-        "n_val": _float(params.get("data.n_val")),
-        "n_test": _float(params.get("data.n_test")),
-        "chance": _float(params.get("data.chance")),
-        "attn_keys": tuple(sorted(k for k in metrics if k.startswith(ATTN_PREFIX))),
+        "accelerator": tags.get(schema.ACCELERATOR, ""),
+        "n_params": _float(params.get(schema.N_PARAMS)),
+        "n_train": _float(params.get(schema.N_TRAIN)),
+        "n_val": _float(params.get(schema.N_VAL)),
+        "n_test": _float(params.get(schema.N_TEST)),
+        "chance": _float(params.get(schema.CHANCE)),
+        "attn_keys": tuple(sorted(k for k in metrics if k.startswith(schema.ATTN_PREFIX))),
         "start_time": run.info.start_time or 0,
         "end_time": run.info.end_time,
         "params": dict(params),
     }
 
 
-def sweep_label(point: dict[str, Any]) -> str:
-    """{"model.d_k": 32} -> "model.d_k=32"; "" outside a sweep."""
-    return " ".join(f"{key}={value}" for key, value in sorted(point.items()))
+def _metric_of(metrics: dict[str, float]) -> str:
+    """A run without the metric tag (older runs): the one test or validation metric it logged
+    besides the loss; "" when there is none, or more than one."""
+    splits = (schema.test_metric(""), schema.val_metric(""))  # "test/", "val/"
+    loss = schema.VAL_LOSS.removeprefix(schema.val_metric(""))
+    names = {key.split("/", 1)[1] for key in metrics if key.startswith(splits)} - {loss}
+    return names.pop() if len(names) == 1 else ""
+
+
+def metric_bounds(text: str | None) -> tuple[float, float]:
+    """ "0,1" -> (0.0, 1.0); "0,inf" -> (0.0, inf); unreadable or absent -> (-inf, inf)."""
+    try:
+        low, high = (float(part) for part in (text or "").split(","))
+    except ValueError:
+        return -math.inf, math.inf
+    if math.isnan(low) or math.isnan(high) or low > high:
+        return -math.inf, math.inf
+    return low, high
 
 
 def _float(value: str | None) -> float:
@@ -254,109 +284,9 @@ def _float(value: str | None) -> float:
         return math.nan
 
 
-def _history_keys(metric: str, attn_keys: Iterable[str]) -> list[str]:
-    return [f"val/{metric}", STEP_MS, THROUGHPUT, *attn_keys]
-
-
-def _history_requests(runs: pd.DataFrame) -> int:
-    return sum(len(_history_keys(m, a)) for m, a in zip(runs.metric, runs.attn_keys, strict=True))
-
-
-def _offset(
-    progress: Callable[[int, int], None] | None, before: int, total: int
-) -> Callable[[int, int], None] | None:
-    """One progress bar over several fetches: the `before` done earlier count too."""
-    if progress is None:
-        return None
-    return lambda done, _: progress(before + done, total)
-
-
-def fetch_histories(
-    client: MlflowClient,
-    runs: pd.DataFrame,
-    progress: Callable[[int, int], None] | None = None,
-) -> pd.DataFrame:
-    """(run_id, key, step, value) of each run's validation metric, step time, throughput and
-    attention diagnostics."""
-    attn = runs.attn_keys if "attn_keys" in runs else [()] * len(runs)
-    requests = [
-        (run_id, key)
-        for run_id, metric, keys in zip(runs.run_id, runs.metric, attn, strict=True)
-        for key in _history_keys(metric, keys)
-    ]
-    columns = ["run_id", "key", "step", "value"]
-    if not requests:
-        return pd.DataFrame(columns=columns)
-    rows: list[tuple[str, str, int, float]] = []
-
-    def one(request: tuple[str, str]) -> list[tuple[str, str, int, float]]:
-        run_id, key = request
-        return [(run_id, key, m.step, m.value) for m in client.get_metric_history(run_id, key)]
-
-    with ThreadPoolExecutor(HISTORY_THREADS) as pool:
-        for done, points in enumerate(pool.map(one, requests), start=1):
-            rows.extend(points)
-            if progress:
-                progress(done, len(requests))
-    return pd.DataFrame(rows, columns=columns)
-
-
-def fetch_outcomes(
-    client: MlflowClient,
-    runs: pd.DataFrame,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, dict[str, np.ndarray]]:
-    """run_id -> the arrays of its `test_outcomes.json`, for the runs that have a readable one
-    (downloaded HISTORY_THREADS at a time; a run without it is left out, not an error).
-
-    Only runs of the schema that stores the file are asked (they record `data.n_test`, logged
-    with it): asking an older run for a file it cannot have costs a failed download each."""
-    runs = runs[runs.n_test.notna()] if "n_test" in runs else runs
-    if runs.empty:
-        return {}
-    _no_download_bars()
-    out: dict[str, dict[str, np.ndarray]] = {}
-    with tempfile.TemporaryDirectory() as scratch:
-
-        def one(run_id: str) -> tuple[str, dict[str, np.ndarray] | None]:
-            folder = os.path.join(scratch, run_id)
-            os.makedirs(folder, exist_ok=True)
-            local = download_artifact(client, run_id, TEST_OUTCOMES, folder)
-            return run_id, parse_outcomes(local) if local else None
-
-        with ThreadPoolExecutor(HISTORY_THREADS) as pool:
-            for done, (run_id, parsed) in enumerate(pool.map(one, runs.run_id), start=1):
-                if parsed is not None:
-                    out[run_id] = parsed
-                if progress:
-                    progress(done, len(runs))
-    return out
-
-
-def parse_outcomes(path: str) -> dict[str, np.ndarray] | None:
-    """The arrays of a `test_outcomes.json`; None when it is unreadable or inconsistent (the
-    run's test-set uncertainty is then left out, as for a run without the file)."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            raw = json.load(handle)
-        arrays = {
-            "n_tokens": np.asarray(raw["n_tokens"], dtype=float),
-            "correct": np.asarray(raw["correct"], dtype=float),
-            "loss_nats": np.asarray(raw.get("loss_nats", []), dtype=float),
-        }
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    n = arrays["n_tokens"].size
-    if arrays["correct"].size != n or n == 0:
-        return None
-    if arrays["loss_nats"].size != n:
-        arrays["loss_nats"] = np.full(n, math.nan)
-    return arrays
-
-
 def _environment(run: Run) -> dict[str, str]:
-    keep = ("harness.version", "harness.git_commit")
-    return {k: v for k, v in run.data.tags.items() if k.startswith("env.") or k in keep}
+    keep = (schema.VERSION, schema.GIT_COMMIT)
+    return {k: v for k, v in run.data.tags.items() if k.startswith(schema.ENV_PREFIX) or k in keep}
 
 
 def _parent(client: MlflowClient, run: Run) -> tuple[dict[str, Any], list[dict] | None]:
@@ -367,44 +297,31 @@ def _parent(client: MlflowClient, run: Run) -> tuple[dict[str, Any], list[dict] 
         "name": run.info.run_name or "",
         "params": dict(run.data.params),
         "tags": dict(run.data.tags),
-        "grid_yaml": _artifact_text(client, run_id, "grid.yaml"),
+        "grid_yaml": artifact_text(client, run_id, schema.GRID_YAML),
     }
-    plan_text = _artifact_text(client, run_id, "plan.json")
+    plan_text = artifact_text(client, run_id, schema.PLAN_JSON)
     return parent, json.loads(plan_text) if plan_text else None
-
-
-def _artifact_text(client: MlflowClient, run_id: str, path: str) -> str | None:
-    _no_download_bars()
-    try:
-        names = {a.path for a in client.list_artifacts(run_id)}
-        if path not in names:
-            return None
-        local = client.download_artifacts(run_id, path)
-    except (MlflowException, OSError):
-        return None
-    with open(local, encoding="utf-8") as handle:
-        return handle.read()
 
 
 def missing_cells(plan: list[dict[str, Any]], runs: pd.DataFrame) -> pd.DataFrame:
     """Planned cells with no FINISHED run, with the state of their latest run if any.
 
     Cells with a known id (tune cells, and final cells of `fixed` grids) are matched by
-    `harness.cell_id`; final cells of a tuned grid, whose rate tuning picks, by group and seed.
+    cell id; final cells of a tuned grid, whose rate tuning picks, by group and seed.
     """
     columns = ["group", "phase", "seed", "lr", "state"]
     if not plan:
         return pd.DataFrame(columns=columns)
     by_cell = {r.cell_id: r for r in runs.itertuples() if r.current}
     by_slot = {
-        (_group(r.task, r.attention, r.optimizer, r.sweep), r.phase, r.seed): r
+        (schema.group_label(r.task, r.attention, r.optimizer, r.sweep_values), r.phase, r.seed): r
         for r in runs.itertuples()
         if r.current
     }
     rows = []
     for cell in plan:
-        group = _group(
-            cell["task"], cell["attention"], cell["optimizer"], sweep_label(cell["sweep"])
+        group = schema.group_label(
+            cell["task"], cell["attention"], cell["optimizer"], cell.get("sweep") or {}
         )
         if cell.get("cell_id"):
             run = by_cell.get(cell["cell_id"])
@@ -415,21 +332,3 @@ def missing_cells(plan: list[dict[str, Any]], runs: pd.DataFrame) -> pd.DataFram
         state = "never started" if run is None else run.status.lower()
         rows.append([group, cell["phase"], cell["seed"], cell.get("lr"), state])
     return pd.DataFrame(rows, columns=columns)
-
-
-def _group(task: str, attention: str, optimizer: str, sweep: str) -> str:
-    return f"{task}/{attention}/{optimizer}" + (f" {sweep}" if sweep else "")
-
-
-def download_artifact(client: MlflowClient, run_id: str, path: str, folder: str) -> str | None:
-    """Download one artifact of a run into `folder`; None when the run has no such file."""
-    _no_download_bars()
-    try:
-        return client.download_artifacts(run_id, path, folder)
-    except (MlflowException, OSError):
-        return None
-
-
-def _no_download_bars() -> None:
-    """MLflow draws a tqdm bar per artifact download; the report has its own progress bar."""
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"

@@ -9,6 +9,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from harness import schema
+
 CONFIGS = [("dot", "adam", 0.7), ("multihead", "adam", 0.9), ("dot", "sgd", 0.5)]
 SEEDS = (1, 2)
 
@@ -24,8 +26,8 @@ def make_experiment(
     configurations, two seeds each; returns its id. `grid`, `task` and `sweep` land where the
     launcher puts them (the `harness.grid` tag, the `task` param, the `harness.sweep` tag)."""
     exp_id = client.create_experiment(name)
-    parent = client.create_run(exp_id, run_name=grid, tags={"harness.grid": grid})
-    client.log_param(parent.info.run_id, "protocol", "fixed")
+    parent = client.create_run(exp_id, run_name=grid, tags={schema.GRID: grid})
+    client.log_param(parent.info.run_id, schema.PROTOCOL, "fixed")
     client.set_terminated(parent.info.run_id, "FINISHED")
     for attention, optimizer, level in CONFIGS:
         for seed in SEEDS:
@@ -57,15 +59,17 @@ def _final_run(
     acc: float,
 ) -> None:
     tags = {
-        "mlflow.parentRunId": parent_id,
-        "harness.cell_id": f"{attention}-{optimizer}-{seed}",
-        "harness.grid": grid,
-        "harness.phase": "final",
-        "harness.outcome": "ok",
-        "harness.metric": "acc",
-        "harness.target": "0.8",
-        "harness.higher_is_better": "true",
-        "harness.sweep": json.dumps(sweep),
+        schema.PARENT: parent_id,
+        schema.CELL_ID: f"{attention}-{optimizer}-{seed}",
+        schema.GRID: grid,
+        schema.PHASE: "final",
+        schema.OUTCOME: "ok",
+        schema.METRIC: "acc",
+        schema.METRIC_LABEL: "accuracy",
+        schema.METRIC_BOUNDS: "0,1",
+        schema.TARGET: "0.8",
+        schema.HIGHER_IS_BETTER: "true",
+        schema.SWEEP: json.dumps(sweep),
     }
     name = f"{task}/{attention}/{optimizer}/lr=0.001/seed={seed}"
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
@@ -82,17 +86,17 @@ def _final_run(
         Metric(key, value, 0, step)
         for step, value in ((10, acc / 2), (20, acc))
         for key, value in (
-            ("val/acc", value),
-            ("time/step_ms", 5.0),
-            ("throughput/tokens_per_s", 1000.0),
+            (schema.val_metric("acc"), value),
+            (schema.STEP_MS, 5.0),
+            (schema.THROUGHPUT, 1000.0),
         )
     ]
-    metrics.append(Metric("test/acc", acc, 0, 20))
+    metrics.append(Metric(schema.test_metric("acc"), acc, 0, 20))
     client.log_batch(
         run_id,
         metrics=metrics,
         params=[Param(k, v) for k, v in params.items()],
-        tags=[RunTag("harness.accelerator", "cpu")],
+        tags=[RunTag(schema.ACCELERATOR, "cpu")],
     )
     client.set_terminated(run_id, "FINISHED")
 

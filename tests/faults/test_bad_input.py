@@ -88,6 +88,16 @@ BAD_GRIDS: list[tuple[dict[str, Any], list[str]]] = [
     # sizes torch itself rejects (int64 overflow, a float) are caught before any run exists
     ({"sweep": {"model.d_model": [2**64]}}, ["model.d_model=18446744073709551616"]),
     ({"attention": [{"name": "multihead", "params": {"d_head": 1e309}}]}, ["d_head=inf"]),
+    ({"tasks": [{"name": "copy", "params": {"length": 2**40}}]}, ["tasks[0].params.length="]),
+    (
+        {"optimizers": [{"name": "sgd", "params": {"nesterov": True, "momentum": 0}}]},
+        ["optimizers[0].params.nesterov=True", "momentum > 0"],
+    ),
+    # a model that could not fit in this machine's memory, refused with the estimate
+    (
+        {"model": {"d_model": 2**15, "d_ff": 2**16}, "train": {"batch_size": 2**20}},
+        ["needs about", "GiB", "model.d_model=32768", "(with copy/dot/adam)"],
+    ),
 ]
 
 

@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 from harness.errors import UserError
-from harness.report import _replace, build_report
+from harness.report import build_report
+from harness.report.output import replace
 
 
 def _report(uri: str, out: Path, *extra: str) -> int:
@@ -115,7 +116,7 @@ def test_a_failed_move_puts_the_earlier_report_back(tmp_path: Path) -> None:
     (out / "report.pdf").write_text("old")
     old = _digest(out)
     with pytest.raises(FileNotFoundError):
-        _replace(work, out, ["figures", "report.html", "report.pdf"])  # work has no PDF
+        replace(work, out, ["figures", "report.html", "report.pdf"])  # work has no PDF
     assert _digest(out) == old
     assert (work / "report.html").read_text() == "new"  # moved back where it came from
 

@@ -1,0 +1,142 @@
+"""The run schema: every name the harness writes to MLflow, and the helpers to read runs back.
+
+The contract between training (launcher, workers, `tracking`) and reading (`status`, the
+report): both sides import the names from here, so a tag, metric or artifact name is written
+once in `harness/`. DESIGN.md's "run schema" section describes what each one means. This module
+imports no torch, so the report and `status` can use it without the training stack.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # importing mlflow writes ~/.config/mlflow: not for `harness --help`
+    from mlflow import MlflowClient
+    from mlflow.entities import Run
+
+# --------------------------------------------------------------------------- tags
+CELL_ID = "harness.cell_id"  # stable hash of the normalised cell; absent on a grid's parent
+GRID = "harness.grid"  # the grid's name, on the parent and every child
+PHASE = "harness.phase"  # tune | final
+OUTCOME = "harness.outcome"  # ok | diverged | failed (| killed, set by the launcher)
+ERROR = "harness.error"  # the last line of what went wrong
+VERSION = "harness.version"
+GIT_COMMIT = "harness.git_commit"
+MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own, so its UI shows the commit
+PARENT = "mlflow.parentRunId"
+METRIC = "harness.metric"  # the task's metric name, e.g. "acc" or "bpc"
+TARGET = "harness.target"  # the task's target value of that metric
+HIGHER_IS_BETTER = "harness.higher_is_better"  # "true" | "false"
+METRIC_LABEL = "harness.metric_label"  # how reports name the metric, e.g. "accuracy"
+METRIC_BOUNDS = "harness.metric_bounds"  # the metric's range "lo,hi", e.g. "0,1" or "0,inf"
+SWEEP = "harness.sweep"  # the run's sweep point as JSON, "{}" outside a sweep
+ACCELERATOR = "harness.accelerator"  # cpu | cuda | mps: where the worker trained
+DIVERGED_AT = "harness.diverged_at_step"
+NO_ATTENTION_MAPS = "harness.no_attention_maps"  # why a finished run has no attention_maps.png
+ENV_PREFIX = "env."  # software and hardware versions, on the grid's parent
+
+# --------------------------------------------------------------------------- params
+# Besides these, every resolved hyper-parameter as a dotted name ("model.d_model", "optim.*").
+TASK, ATTENTION, OPTIMIZER, LR, SEED, PHASE_PARAM = (
+    "task", "attention", "optimizer", "lr", "seed", "phase",
+)  # fmt: skip
+PROTOCOL = "protocol"  # on the parent: the grid's protocol
+N_PARAMS = "model.n_params"
+D_K = "model.d_k"
+DATA_PREFIX = "data."  # facts about the data: n_train, n_val, n_test, chance
+N_TRAIN, N_VAL, N_TEST, CHANCE = "data.n_train", "data.n_val", "data.n_test", "data.chance"
+
+# --------------------------------------------------------------------------- metrics
+TRAIN_LOSS = "train/loss"  # every step
+GRAD_NORM = "grad_norm"  # every step
+LR_METRIC = "lr"  # every log_every steps, with the two below
+STEP_MS = "time/step_ms"
+THROUGHPUT = "throughput/tokens_per_s"
+ATTN_PREFIX = "attn/"  # attention diagnostics per layer at step 0 and each validation
+
+
+def split_metric(split: str, name: str) -> str:
+    """`val/loss`, `val/acc`, `test/bpc`: a split's loss (nats) or the task's metric."""
+    return f"{split}/{name}"
+
+
+def val_metric(name: str) -> str:
+    return split_metric("val", name)
+
+
+def test_metric(name: str) -> str:
+    return split_metric("test", name)
+
+
+VAL_LOSS = val_metric("loss")
+
+
+def attn_logit_std(layer: int) -> str:
+    return f"{ATTN_PREFIX}logit_std/layer{layer}"
+
+
+def attn_entropy(layer: int) -> str:
+    return f"{ATTN_PREFIX}entropy/layer{layer}"
+
+
+# --------------------------------------------------------------------------- artifacts
+CONFIG_JSON = "config.json"  # the resolved cell config
+TEST_OUTCOMES = "test_outcomes.json"  # per test example: n_tokens, metric_sum, loss_nats
+ATTENTION_MAPS = "attention_maps.png"  # the probe batch's attention maps
+GRID_YAML = "grid.yaml"  # on the parent: the grid spec as launched
+PLAN_JSON = "plan.json"  # on the parent: every cell the grid asks for
+ERROR_TXT = "error.txt"  # a failed run's traceback
+
+# --------------------------------------------------------------------------- reading runs
+PAGE = 1000  # MLflow's largest page for search_runs
+CELL_RUNS = f"tags.`{CELL_ID}` LIKE '%'"  # a filter for the runs of a cell (not a parent)
+
+
+def grid_filter(grid: str) -> str:
+    return f"tags.`{GRID}` = '{grid}'"
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str = "") -> list[Run]:
+    """Every run of the experiment matching `filter_string`, PAGE at a time."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string, max_results=PAGE, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def is_cell(run: Run) -> bool:
+    """A run of one cell, not a grid's parent run."""
+    return CELL_ID in run.data.tags
+
+
+def finished_by_cell(runs: Iterable[Run]) -> dict[str, Run]:
+    """cell_id -> the run that counts for it: its newest FINISHED run."""
+    out: dict[str, Run] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time or 0):
+        cell = run.data.tags.get(CELL_ID)
+        if cell and run.info.status == "FINISHED":
+            out[cell] = run
+    return out
+
+
+def sweep_label(sweep: Mapping[str, Any]) -> str:
+    """{"model.d_k": 32} -> "model.d_k=32"; "" outside a sweep."""
+    return " ".join(f"{key}={value}" for key, value in sorted(sweep.items()))
+
+
+def group_label(task: str, attention: str, optimizer: str, sweep: Mapping[str, Any]) -> str:
+    """e.g. "copy/multihead/adam model.d_k=32": how a comparison group is named everywhere."""
+    point = sweep_label(sweep)
+    return f"{task}/{attention}/{optimizer}" + (f" {point}" if point else "")
+
+
+def sweep_of(tags: Mapping[str, str]) -> dict[str, Any]:
+    return json.loads(tags.get(SWEEP) or "{}")
