@@ -24,7 +24,7 @@ from tasks.corpus import (
     stdlib_docs,
     stdlib_files,
 )
-from tasks.synthetic import SYNTHETIC_TASKS
+from tasks.synthetic import TASK_ENTRIES as SYNTHETIC_TASKS
 from tasks.text import TextSplits, eval_starts, split_corpus
 from tasks.tokenizers import PAD, UNK, build_tokenizer
 
