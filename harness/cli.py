@@ -206,7 +206,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         steps=args.steps,
         overrides=parse_set_options(args.set),
     )
+    from harness.memory import check_fits
     from harness.train import train_run
+
+    check_fits(cfg)
     from tasks import get_task
 
     result = train_run(
@@ -245,8 +248,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.train import quiet_libraries
 
     quiet_libraries()
+    here = backends.workers_here(args.backend, args.workers, options)
     if args.dry_run:
-        check_cells(spec)  # every cell's data and model, as a real run checks them first
+        check_cells(spec, here)  # every cell's data and model, as a real run checks them first
         _print_plan(spec, plan(spec), args.workers or os.cpu_count() or 1)
         return 0
     from mlflow import MlflowClient
@@ -256,7 +260,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
     backends.check(args.backend, uri, options)
-    check_cells(spec)  # every bad value stops here, before any run exists
+    check_cells(spec, here)  # every bad value stops here, before any run exists
     experiment = args.experiment or spec.name
     console = Console(stderr=True)
     launcher = Launcher(

@@ -9,8 +9,9 @@ pydantic parameters model: `task.*` (the task's `Task.params`), `model.*` (`Mode
 `train.*` (`TrainParams`). `run_model` puts the sections of one task x attention x optimizer
 under one model with the run's axes (lr, seed, steps, phase), so one validation checks every
 value, field paths come from pydantic's own error locations, and the checks that span
-sections (attention widths against the model's) are its validators. Last,
-`harness.memory.check_memory` refuses a run that would not fit in this machine's memory.
+sections (attention widths against the model's) are its validators. Whether a run fits in
+this machine's memory is not a property of the configuration: `harness.memory.check_fits`
+checks it where cells run here.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from pydantic import (
 )
 
 from harness.errors import UserError
-from harness.memory import check_memory
 from harness.models.attention import ATTENTION, AttentionParams
 from harness.optim import OPTIMIZERS
 from tasks import TaskInputError, get_task
@@ -179,6 +179,17 @@ class ConfigError(UserError):
         return f"{where}={self.value!r}: {self.reason}" if self.given else f"{where}: {self.reason}"
 
 
+def validated_run(cfg: RunConfig) -> RunParams:
+    """The validated parameters model of a resolved cell (for checks that read its sections
+    as models, such as the memory estimate)."""
+    values = {
+        "lr": cfg.lr, "seed": cfg.seed, "steps": cfg.steps, "phase": cfg.phase,
+        "task": cfg.task_params, "model": cfg.model, "attention": cfg.attention_params,
+        "optim": cfg.optim, "train": cfg.train,
+    }  # fmt: skip
+    return run_model(cfg.task, cfg.attention, cfg.optimizer).model_validate(values)
+
+
 def resolve(
     task: str,
     attention: str,
@@ -210,7 +221,6 @@ def resolve(
         run = model.model_validate(given)
     except ValidationError as err:
         raise _config_error(err.errors(include_url=False)[0], given, model) from None
-    check_memory(run, ConfigError)
     sections = {name: getattr(run, name).model_dump() for name in SECTIONS}
     return RunConfig(
         task=task,

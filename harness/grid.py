@@ -144,11 +144,11 @@ def protocol_step(
     """The protocol for one group: the tune results known so far in, (rate, final cells) out.
 
     `fixed`: the entry's rate and its final cells, whatever the results. `tune_then_final`:
-    (None, []) until every tune cell (rate x tune seed) has a result (a diverged, failed or lost
-    one has value None); then the rate `choose_lr` picks and the final cells at it. Results are
-    put in the grid's order first (ties go to the rate listed first), whatever order they came
-    in; a result for a cell the group does not have is ignored, and of two for one cell the
-    later counts.
+    (None, []) until every tune cell (rate x tune seed) has a result (a diverged one has value
+    None; a failed or lost cell has none until it runs again); then the rate `choose_lr`
+    picks and the final cells at it. Results are put in the grid's order first (ties go to
+    the rate listed first), whatever order they came in; a result for a cell the group does
+    not have is ignored, and of two for one cell the later counts.
     """
     tune = tune_cells(spec, group)
     if not tune:

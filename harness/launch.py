@@ -275,7 +275,10 @@ class Launcher:
                 self.outcome.worker_overhead[event.run_id] = event.seconds - event.fit_seconds
         del self.in_flight[event.run_id]  # ended in the store
         self.outcome.counts[cfg.phase][outcome] += 1
-        if cfg.phase == "tune":
+        if cfg.phase == "tune" and outcome in ("ok", "diverged"):
+            # A failed or lost tune cell has no result: its group's final cells wait for the
+            # next launch, which runs the cell again (as `status` counts it), so a group never
+            # gets final runs at two rates.
             ok = outcome == "ok"
             result = TuneResult(cfg.lr, cfg.seed, value if ok else None, loss if ok else None)
             self.tune_results[cell.group].append(result)

@@ -9,6 +9,7 @@ imports no torch, so the report and `status` can use it without the training sta
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ SWEEP = "harness.sweep"  # the run's sweep point as JSON, "{}" outside a sweep
 ACCELERATOR = "harness.accelerator"  # cpu | cuda | mps: where the worker trained
 DIVERGED_AT = "harness.diverged_at_step"
 NO_ATTENTION_MAPS = "harness.no_attention_maps"  # why a finished run has no attention_maps.png
+NO_ATTENTION_STATS = "harness.no_attention_stats"  # why a run has no attn/* diagnostics
 ENV_PREFIX = "env."  # software and hardware versions, on the grid's parent
 
 # --------------------------------------------------------------------------- params
@@ -88,6 +90,27 @@ ATTENTION_MAPS = "attention_maps.png"  # the probe batch's attention maps
 GRID_YAML = "grid.yaml"  # on the parent: the grid spec as launched
 PLAN_JSON = "plan.json"  # on the parent: every cell the grid asks for
 ERROR_TXT = "error.txt"  # a failed run's traceback
+
+# --------------------------------------------------------------------------- older runs
+# Runs recorded before the metric declared itself (no METRIC_LABEL / METRIC_BOUNDS tags, and
+# test_outcomes.json with `correct` instead of `metric_sum`) could name one of two metrics.
+# What those names meant, so reports on such runs keep their ranges and test-set intervals.
+# New tasks never need an entry here: their runs carry the tags.
+LEGACY_METRICS: dict[str, tuple[str, str]] = {  # name -> (label, bounds)
+    "acc": ("accuracy", "0,1"),
+    "bpc": ("bits per character", "0,inf"),
+}
+
+
+def legacy_metric_sum(outcomes: Mapping[str, Any], metric: str) -> list[float] | None:
+    """`metric_sum` of an older test_outcomes.json: correct positions for accuracy, the
+    example's nats / ln 2 for bits per character; None for any other metric."""
+    if metric == "acc" and "correct" in outcomes:
+        return [float(c) for c in outcomes["correct"]]
+    if metric == "bpc" and "loss_nats" in outcomes:
+        return [float(n) / math.log(2) for n in outcomes["loss_nats"]]
+    return None
+
 
 # --------------------------------------------------------------------------- reading runs
 PAGE = 1000  # MLflow's largest page for search_runs

@@ -49,4 +49,5 @@ def grid_json_schema() -> dict[str, Any]:
 def _params_schema(model: type[Params]) -> dict[str, Any]:
     schema = model.model_json_schema()
     schema.pop("required", None)  # every parameter has a default
+    schema.pop("description", None)  # the class docstring is for developers; fields say theirs
     return schema

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from tasks.metrics import Loss, Metric, cross_entropy
+from tasks.params import TaskParams
 
 Kind = Literal["token", "classification"]
 
@@ -88,7 +89,7 @@ class Task:
     target: float
     causal: bool  # whether the model may only look at earlier positions
     default_steps: int  # training steps when the user gives none
-    params: Mapping[str, Any]  # every parameter with its default value
+    params: type[TaskParams]  # its parameters: defaults, ranges, descriptions
     build: Callable[[Mapping[str, Any], int], TaskData]  # (resolved params, seed) -> data
     description: str
     loss: Loss = cross_entropy  # what training minimises; `<split>/loss` in nats

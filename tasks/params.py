@@ -7,7 +7,8 @@ error messages all read these models, so a parameter is declared once.
 
 Ranges include what torch enforces later: sizes are strict integers within int64 and below a
 sane maximum (a typo such as 2**40 is refused, not turned into an allocation), floats are
-finite numbers (never a bool or a string), so a value that passes here does not fail a run.
+finite numbers (never a bool; a string only when it reads as a number, as grid files written
+for earlier versions quote them), so a value that passes here does not fail a run.
 
 It lives in tasks/ because tasks may not import harness/; harness/ imports it from here.
 """
@@ -44,9 +45,16 @@ def yaml_number(value: Any) -> Any:
 
 
 def _number(value: Any) -> Any:
+    """A float field takes a number, or a string that reads as one (`"0.01"`, `"3e-3"`: grid
+    files quote numbers, and `--set` values are strings); never a bool."""
     if isinstance(value, bool):
         raise PydanticCustomError("number_type", "expected a number")
-    return yaml_number(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value  # the field's own error names it
+    return value
 
 
 # Value types shared by the parameter models (and the grid spec).

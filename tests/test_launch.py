@@ -315,3 +315,61 @@ def test_the_launcher_and_status_follow_one_protocol(
     final = [r for r in _children(client, spec.name) if r.data.tags["harness.phase"] == "final"]
     rates = {(r.data.params["optimizer"], float(r.data.params["lr"])) for r in final}
     assert rates == {("adam", adam_lr), ("sgd", 0.1)}
+
+
+class _FailingPool(_ScriptedPool):
+    """Answers as _ScriptedPool, but the tune cell (lr 1e-2, seed 0) fails, as a cell whose
+    code raises does."""
+
+    def poll(self, timeout: float):
+        from harness.backends.base import Done, LogTags, Terminate
+
+        while self.running:
+            job = self.running.pop(0)
+            if job.cfg["phase"] == "tune" and job.cfg["lr"] == 1e-2 and job.cfg["seed"] == 0:
+                yield LogTags(job.run_id, [("harness.outcome", "failed")])
+                yield Terminate(job.run_id, "FAILED")
+                yield Done(job.run_id, "failed")
+            else:
+                yield from _answer(self.client, job.run_id, job.cfg)
+
+
+def test_a_failed_tune_cell_holds_back_its_groups_final_cells(
+    client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its group's rate is chosen only once the cell has run again (the next launch), so the
+    group's final runs are all at one rate; status counts the same."""
+    import io
+    import sys
+    import types
+
+    from rich.console import Console
+
+    from harness.grid import groups
+    from harness.launch import Launcher
+    from harness.spec import grid_from_dict
+
+    spec = grid_from_dict(AGREE)
+    _, sgd = groups(spec)
+    module = types.ModuleType("harness.backends.failing")
+    module.OPTIONS = {}
+    module.check = lambda tracking_uri: None
+    module.make_pool = lambda workers, accelerator, uri: _FailingPool(client, workers, None)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    quiet = Console(file=io.StringIO())
+    first = Launcher(spec, client, spec.name, 2, "cpu", quiet, False, backend="failing")
+    first.prepare()
+    outcome = first.run()
+    assert set(outcome.chosen_lr) == {sgd}  # adam waits for its failed tune cell
+    rows, chosen = _status(client, spec)
+    assert set(chosen) == {sgd.label}
+    assert rows["final"] == [2, 0, 0, 0, 2]  # sgd's finals done, adam's pending
+
+    second = Launcher(spec, client, spec.name, 2, "cpu", quiet, False,
+                      backend=_scripted_backend(client, monkeypatch))  # fmt: skip
+    second.prepare()
+    second.run()
+    final = [r for r in _children(client, spec.name) if r.data.tags["harness.phase"] == "final"]
+    rates = {(r.data.params["optimizer"], float(r.data.params["lr"])) for r in final}
+    assert rates == {("adam", 1e-2), ("sgd", 0.1)}  # one rate per group
+    assert _status(client, spec)[0]["final"] == [4, 0, 0, 0, 0]

@@ -5,6 +5,7 @@ diagnostics that leave training alone, and training seconds that exclude validat
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ def test_test_outcomes_add_up_to_the_test_metrics(
         assert from_outcomes == pytest.approx(logged, rel=1e-6)
     if task == "char_lm":
         assert set(out["n_tokens"]) == {32}  # every character of a window is scored
+        bits = [n / math.log(2) for n in out["loss_nats"]]  # per example: its nats in bits
+        assert out["metric_sum"] == pytest.approx(bits, rel=1e-6)
     else:
         assert set(out["n_tokens"]) == ({1} if task == "text_cls" else {5})
 

@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
+from harness import memory
 from harness.config import ModelParams, TrainParams, parse_set_options, resolve
 from harness.errors import UserError
+from harness.grid import final_cells, groups
+from harness.memory import check_fits
 from harness.models.attention import ATTENTION
 from harness.optim import OPTIMIZERS
+from harness.preflight import check_cells
 from harness.spec import GridSpec, grid_from_dict, load_grid
 from harness.spec_schema import grid_json_schema
 from tasks import TASKS
@@ -467,13 +471,34 @@ def test_set_reads_exponents_as_numbers() -> None:
 
 def test_a_run_too_large_for_memory_is_refused_with_the_estimate() -> None:
     big = {"model.d_model": 2**15, "model.d_ff": 2**16, "train.batch_size": 2**20}
+    cfg = resolve("copy", "dot", "adam", overrides=big)  # a valid configuration...
     with pytest.raises(UserError) as info:
-        resolve("copy", "dot", "adam", overrides=big)
+        check_fits(cfg)  # ...that does not fit here
     message = str(info.value)
     assert message.startswith("needs about ") and "GiB" in message and "\n" not in message
     assert "model.d_model=32768" in message and "train.batch_size=1048576" in message
-    in_grid = _error({"model": {"d_model": 2**15, "d_ff": 2**16}, "train": {"batch_size": 2**20}})
-    assert in_grid.startswith("g.yaml: needs about ") and in_grid.endswith("(with copy/dot/adam)")
+    spec = grid_from_dict({**BASE, "model": {"d_model": 2**15, "d_ff": 2**16}})  # loads
+    with pytest.raises(UserError, match=r"^copy/dot/adam: needs about .* GiB"):
+        check_cells(spec, workers_here=1)
+    check_cells(grid_from_dict({**BASE, "model": {"d_model": 2**10}}), workers_here=None)
+
+
+def test_evaluation_batches_count_in_the_estimate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training at batch 1 on long sequences still evaluates 500 examples at once."""
+    monkeypatch.setattr(memory, "machine_memory", lambda: 8 * 2**30)
+    long = {"task.length": 2048, "train.batch_size": 1}
+    with pytest.raises(UserError, match="needs about"):
+        check_fits(resolve("copy", "dot", "adam", overrides=long))
+
+
+def test_the_shipped_grids_fit_an_8_gib_machine_with_two_workers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(memory, "machine_memory", lambda: 8 * 2**30)
+    for path in sorted(GRIDS.glob("*.yaml")):
+        spec = load_grid(path)
+        for group in groups(spec):
+            check_fits(final_cells(spec, group, group.fixed_lr)[0], workers=2)
 
 
 def test_width_errors_name_the_field_that_set_them() -> None:

@@ -8,6 +8,7 @@ computes from them, end to end through `build_report` where the issue asks for i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -661,20 +662,44 @@ def test_a_new_metric_is_reported_from_what_the_runs_declare(
     assert "test error rate, lower is better" in html
 
 
-def test_runs_without_the_metric_tags_or_metric_sum_get_neutral_defaults(
+def test_older_runs_keep_their_metric_range_and_test_set_intervals(
     client: MlflowClient,
 ) -> None:
-    """Older runs: no label or bounds tags (label = the metric's name, range unbounded, so no
-    clipping), and outcomes in the format before metric_sum (treated as no outcomes)."""
-    runs = [Run("dot", "adam", s, correct_with(k, s, n=10), metric_tags=False,
+    """Runs recorded before the metric tags and metric_sum: an accuracy or bpc run is read as
+    it was meant (schema.LEGACY_METRICS): same range, same outcomes, same numbers as a run
+    of the current schema with the same data."""
+    for metric in ("acc", "bpc"):
+        old = [Run("dot", "adam", s, correct_with(k, s, n=10), metric=metric, metric_tags=False,
+                   outcomes_format="correct") for s, k in ((1, 7), (2, 8))]  # fmt: skip
+        new = [dataclasses.replace(r, metric_tags=True, outcomes_format="metric_sum") for r in old]
+        write_experiment(client, f"old-{metric}", old)
+        write_experiment(client, f"new-{metric}", new)
+        exp_old, _, table_old = analyse(client, f"old-{metric}")
+        exp_new, _, table_new = analyse(client, f"new-{metric}")
+        assert len(exp_old.outcomes) == 2
+        for run_old, run_new in zip(exp_old.final.run_id, exp_new.final.run_id, strict=True):
+            assert np.allclose(exp_old.outcomes[run_old]["metric_sum"],
+                               exp_new.outcomes[run_new]["metric_sum"])  # fmt: skip
+        a, b = row_of(table_old, "dot"), row_of(table_new, "dot")
+        assert (a.metric_label, a.metric_low, a.metric_high) == (
+            b.metric_label, b.metric_low, b.metric_high)  # fmt: skip
+        same = ["mean", "ci_low", "ci_high", "interval"]
+        assert list(a[same]) == list(b[same])
+
+
+def test_runs_of_an_unknown_metric_without_tags_get_neutral_defaults(
+    client: MlflowClient,
+) -> None:
+    """No label or bounds tags and a metric the legacy table does not know: label = the
+    metric's name, range unbounded (no clipping); outcomes without metric_sum are no outcomes."""
+    runs = [Run("dot", "adam", s, correct_with(k, s, n=10), metric="err", metric_tags=False,
                 outcomes_format="correct") for s, k in ((1, 7), (2, 8))]  # fmt: skip
     write_experiment(client, "old", runs)
     exp, _, table = analyse(client, "old")
     assert exp.outcomes == {}
     dot = row_of(table, "dot")
-    assert (dot.metric_label, dot.metric_low, dot.metric_high) == ("acc", -math.inf, math.inf)
+    assert (dot.metric_label, dot.metric_low, dot.metric_high) == ("err", -math.inf, math.inf)
     assert dot.interval == "seeds only (test-set uncertainty not included)"
-    assert dot.ci_high == pytest.approx(0.75 + 12.706 * 0.05, abs=1e-3)  # not clipped at 1
 
 
 def test_rows_and_legends_follow_the_grids_order(client: MlflowClient) -> None:

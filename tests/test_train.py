@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch.nn.functional as F
 from mlflow import MlflowClient
 
 from harness import schema
 from harness.config import resolve
-from harness.models.attention import ATTENTION, ScaledDotAttention
+from harness.models.attention import ATTENTION, Attention, ScaledDotAttention
 from harness.train import train_run
 
 # A small copy problem every attention kind learns in a few dozen steps.
@@ -137,6 +138,33 @@ class RefusesWeights(ScaledDotAttention):
         if need_weights:
             raise NotImplementedError("this kind never materialises its weights")
         return super().attend(q, k, v, allowed, causal_only, False)
+
+
+class LinearAttention(Attention):
+    """Linear attention (Katharopoulos et al. 2020): phi(Q) (phi(K)^T V), phi = elu + 1. It has
+    no L x L weights and no pre-softmax scores: only `attend`, not `scores`."""
+
+    def attend(self, q, k, v, allowed, causal_only, need_weights):  # type: ignore[no-untyped-def]
+        q, k = F.elu(q) + 1, F.elu(k) + 1
+        if allowed is not None:  # masked: keys a query may not see contribute nothing
+            a = (q @ k.transpose(-2, -1)) * allowed
+            return (a @ v) / a.sum(-1, keepdim=True).clamp_min(1e-6), None
+        num = q @ (k.transpose(-2, -1) @ v)  # never an L x L matrix
+        return num / (q @ k.sum(-2).unsqueeze(-1)).clamp_min(1e-6), None
+
+
+def test_a_kind_with_no_scores_trains_without_diagnostics_or_maps(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kind = dataclasses.replace(ATTENTION["scaled_dot"], name="linear", cls=LinearAttention)
+    monkeypatch.setitem(ATTENTION, kind.name, kind)  # registered for this test only
+    _, result = _run(tracking_uri, kind.name, steps=20)
+    run = client.get_run(result.run_id)
+    assert result.outcome == "ok" and run.info.status == "FINISHED"
+    assert "no pre-softmax scores" in run.data.tags[schema.NO_ATTENTION_STATS]
+    assert "no attention weights" in run.data.tags[schema.NO_ATTENTION_MAPS]
+    assert not _history(client, result.run_id, schema.attn_entropy(0))
+    assert schema.TEST_OUTCOMES in {a.path for a in client.list_artifacts(result.run_id)}
 
 
 @pytest.mark.parametrize("cls", [KeepsWeights, RefusesWeights])

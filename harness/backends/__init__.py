@@ -6,7 +6,9 @@ Each backend is a module here named for it that offers:
   `harness run` adds and which reach the backend's functions as keywords (`ray_address`);
 - `check(tracking_uri, **options)`: refuses, before anything is created, what cannot work;
 - `make_pool(workers, accelerator, tracking_uri, **options)`: a `Pool` (harness.backends.base),
-  `workers` None meaning the backend's own default.
+  `workers` None meaning the backend's own default;
+- `workers_here(workers, **options)`: how many of its workers run on this machine (for the
+  memory check before a grid), None when they run elsewhere.
 The launcher sees only the `Pool`; adding a backend is one module and its name in BACKENDS.
 """
 
@@ -68,3 +70,7 @@ def make_pool(
     options: dict[str, Any] | None = None,
 ) -> Pool:
     return backend(name).make_pool(workers, accelerator, tracking_uri, **(options or {}))
+
+
+def workers_here(name: str, workers: int | None, options: dict[str, Any]) -> int | None:
+    return backend(name).workers_here(workers, **options)

@@ -50,6 +50,11 @@ def check(tracking_uri: str) -> None:
     launcher)."""
 
 
+def workers_here(workers: int | None) -> int:
+    """Every worker runs on this machine."""
+    return workers or os.cpu_count() or 1
+
+
 def make_pool(workers: int | None, accelerator: str, tracking_uri: str) -> LocalPool:
     """`workers` processes (default: this machine's cores); the launcher writes the store."""
     return LocalPool(workers or os.cpu_count() or 1, accelerator)

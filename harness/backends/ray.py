@@ -43,6 +43,11 @@ OPTIONS: dict[str, dict[str, Any]] = {  # command-line options of this backend
 }
 
 
+def workers_here(workers: int | None, ray_address: str | None = None) -> int | None:
+    """Without --ray-address, Ray starts here with `workers` CPUs (default: the cores)."""
+    return (workers or os.cpu_count() or 1) if ray_address in LOCAL else None
+
+
 def make_pool(
     workers: int | None, accelerator: str, tracking_uri: str, ray_address: str | None = None
 ) -> RayPool:

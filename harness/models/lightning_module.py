@@ -39,6 +39,7 @@ from tasks.metrics import sum_per_example
 
 OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]
+NO_SCORES = "the attention kind computes no pre-softmax scores"
 
 
 class AttentionTaskModule(pl.LightningModule):
@@ -171,7 +172,13 @@ class AttentionTaskModule(pl.LightningModule):
         if batch is None or not self.attention_diagnostics:
             return
         # attention_stats runs in eval mode (no dropout draws): the training RNG stream stays.
-        stats = self.model.attention_stats(batch["x"], batch.get("padding"))
+        try:
+            stats = self.model.attention_stats(batch["x"], batch.get("padding"))
+        except NotImplementedError:  # a kind with no pre-softmax scores (linear attention, say)
+            self.attention_diagnostics = False
+            if self.logger is not None:
+                self.logger.set_tags({schema.NO_ATTENTION_STATS: NO_SCORES})
+            return
         metrics = {}
         for i, (logit_std, entropy) in enumerate(stats):
             metrics[schema.attn_logit_std(i)] = logit_std

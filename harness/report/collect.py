@@ -211,7 +211,8 @@ def runs_frame(runs: Iterable[Run], order: Order | None = None) -> pd.DataFrame:
 def _row(run: Run) -> dict[str, Any]:
     params, tags, metrics = run.data.params, run.data.tags, run.data.metrics
     metric = tags.get(schema.METRIC) or _metric_of(metrics)
-    low, high = metric_bounds(tags.get(schema.METRIC_BOUNDS))
+    legacy_label, legacy_bounds = schema.LEGACY_METRICS.get(metric, (None, None))
+    low, high = metric_bounds(tags.get(schema.METRIC_BOUNDS) or legacy_bounds)
     sweep = schema.sweep_of(tags)
     status = run.info.status
     outcome = tags.get(schema.OUTCOME) or {"RUNNING": "running", "KILLED": "killed"}.get(
@@ -235,7 +236,7 @@ def _row(run: Run) -> dict[str, Any]:
         "sweep": schema.sweep_label(sweep),
         "sweep_values": sweep,
         "metric": metric,
-        "metric_label": tags.get(schema.METRIC_LABEL) or metric or "score",
+        "metric_label": tags.get(schema.METRIC_LABEL) or legacy_label or metric or "score",
         "metric_low": low,
         "metric_high": high,
         "target": _float(tags.get(schema.TARGET)),

@@ -84,14 +84,16 @@ def fetch_outcomes(
     out: dict[str, dict[str, np.ndarray]] = {}
     with tempfile.TemporaryDirectory() as scratch:
 
-        def one(run_id: str) -> tuple[str, dict[str, np.ndarray] | None]:
+        def one(run_id: str, metric: str) -> tuple[str, dict[str, np.ndarray] | None]:
             folder = os.path.join(scratch, run_id)
             os.makedirs(folder, exist_ok=True)
             local = download_artifact(client, run_id, schema.TEST_OUTCOMES, folder)
-            return run_id, parse_outcomes(local) if local else None
+            return run_id, parse_outcomes(local, metric) if local else None
 
+        metrics = runs.metric if "metric" in runs else [""] * len(runs)
         with ThreadPoolExecutor(HISTORY_THREADS) as pool:
-            for done, (run_id, parsed) in enumerate(pool.map(one, runs.run_id), start=1):
+            pairs = pool.map(one, runs.run_id, metrics)
+            for done, (run_id, parsed) in enumerate(pairs, start=1):
                 if parsed is not None:
                     out[run_id] = parsed
                 if progress:
@@ -99,16 +101,18 @@ def fetch_outcomes(
     return out
 
 
-def parse_outcomes(path: str) -> dict[str, np.ndarray] | None:
-    """The arrays of a `test_outcomes.json` (`n_tokens`, `metric_sum`, `loss_nats`); None when
-    it is unreadable, inconsistent or lacks `metric_sum` (an older format): the run's test-set
-    uncertainty is then left out, as for a run without the file."""
+def parse_outcomes(path: str, metric: str = "") -> dict[str, np.ndarray] | None:
+    """The arrays of a `test_outcomes.json` (`n_tokens`, `metric_sum`, `loss_nats`); an older
+    file without `metric_sum` gets it from what it holds for `metric` (schema.legacy_metric_sum).
+    None when it is unreadable or inconsistent: the run's test-set uncertainty is then left
+    out, as for a run without the file."""
     try:
         with open(path, encoding="utf-8") as handle:
             raw = json.load(handle)
+        sums = raw["metric_sum"] if "metric_sum" in raw else schema.legacy_metric_sum(raw, metric)
         arrays = {
             "n_tokens": np.asarray(raw["n_tokens"], dtype=float),
-            "metric_sum": np.asarray(raw["metric_sum"], dtype=float),
+            "metric_sum": np.asarray(sums, dtype=float),
             "loss_nats": np.asarray(raw.get("loss_nats", []), dtype=float),
         }
     except (OSError, ValueError, KeyError, TypeError):

@@ -96,7 +96,7 @@ BAD_GRIDS: list[tuple[dict[str, Any], list[str]]] = [
     # a model that could not fit in this machine's memory, refused with the estimate
     (
         {"model": {"d_model": 2**15, "d_ff": 2**16}, "train": {"batch_size": 2**20}},
-        ["needs about", "GiB", "model.d_model=32768", "(with copy/dot/adam)"],
+        ["copy/dot/adam: needs about", "GiB", "model.d_model=32768"],
     ),
 ]
 
