@@ -104,7 +104,9 @@ def test_shapes_dtypes_and_ranges(name: str) -> None:
             assert (y[~split.score_mask] == 0).all()
         else:
             assert y.shape == (len(split),) and split.score_mask is None
-            assert split.padding is not None and split.padding.shape == x.shape
+        if split.padding is not None:  # sequences of different lengths, right-padded with 0
+            assert split.padding.dtype == torch.bool and split.padding.shape == x.shape
+            assert (x[split.padding] == 0).all()
     if data.itos is not None:
         assert len(data.itos) == data.vocab_size
 
