@@ -10,8 +10,8 @@ over the cells. It also prints how busy the cores were: the CPU seconds of the l
 already keeps both cores partly busy through its two torch threads, so the speed-up of two
 workers is bounded by how idle the cores were with one. Ratios are printed last.
 
-    .venv/bin/python benchmarks/grid_throughput.py                 # the quick grid, 64 cells
-    .venv/bin/python benchmarks/grid_throughput.py --tasks copy    # its 32 copy cells
+    .venv/bin/python benchmarks/grid_throughput.py                 # the quick grid, 44 cells
+    .venv/bin/python benchmarks/grid_throughput.py --tasks sort    # a subset of its tasks
 """
 
 from __future__ import annotations
