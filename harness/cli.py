@@ -285,7 +285,15 @@ def _print_plan(spec: Any, p: Any, workers: int) -> None:
     print(f"grid {spec.name!r} ({spec.protocol}): {p.groups} groups")
     for phase in ("tune", "final"):
         cells, steps = getattr(p, f"{phase}_cells"), getattr(p, f"{phase}_steps")
-        print(f"  {phase:<5} {cells:>5} cells  {steps:>9,} training steps")
+        line = f"  {phase:<5} {cells:>5} cells  {steps:>9,} training steps"
+        if phase == "tune" and spec.tuning.scheduler == "halving" and p.tune_cells:
+            t = spec.tuning
+            share = steps / p.tune_steps_exhaustive
+            line += (
+                f" (successive halving, eta {t.eta}, {t.rungs} rungs; exhaustive tuning: "
+                f"{p.tune_steps_exhaustive:,} steps, this is {share:.0%} of it)"
+            )
+        print(line)
     print(f"  with {workers} workers; nothing was created (dry run)")
 
 

@@ -6,8 +6,9 @@ only process that writes a local store: workers send their metric batches, tags 
 back as typed writes (harness.backends.base). Re-running a grid skips every cell (by its cell
 id) that already has a FINISHED run; runs left RUNNING by a killed launcher or worker are
 marked KILLED and their cells run again. Each time a tune cell ends, `protocol_step`
-(harness.grid) is asked again; once a group's tuning is complete it answers with the chosen
-rate and the final cells, which join the queue.
+(harness.grid) is asked again; it answers with the next rung's tune cells once a rung of
+successive halving is complete, and once the group's tuning is complete with the chosen rate
+and the final cells; new cells join the queue.
 
 When the store cannot be written the grid stops rather than fail every cell that follows:
 - a tracking server that stays unreachable past the deadline of harness.retry (a server
@@ -42,7 +43,7 @@ from harness.backends import make_pool
 from harness.backends.base import Done, Event, Job, LogArtifact, Lost
 from harness.config import RunConfig
 from harness.errors import UserError
-from harness.grid import Group, TuneResult, groups, plan, plan_json, protocol_step, tune_cells
+from harness.grid import Group, TuneResult, groups, plan, plan_json, protocol_step, tune_rungs
 from harness.progress import GridProgress
 from harness.retry import RetryingClient, TrackingUnreachable, tracking_deadline
 from harness.spec import GridSpec
@@ -124,6 +125,7 @@ class Launcher:
         self.in_flight: dict[str, _Started] = {}  # run id -> its cell, from create_run on
         self.tune_results: dict[Group, list[TuneResult]] = defaultdict(list)
         self.released: set[Group] = set()  # groups whose final cells are queued
+        self.queued: set[str] = set()  # cell ids queued or skipped in this launch
 
     # planning --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -132,7 +134,6 @@ class Launcher:
         self._mark_stale(runs)
         self.done = schema.finished_by_cell(runs)
         for group in self.groups:
-            self._queue(tune_cells(self.spec, group), group)
             self._release(group)
         self.total = plan(self.spec).cells
 
@@ -140,6 +141,7 @@ class Launcher:
         """Cells without a FINISHED run wait for a worker; the others are skipped, and a
         skipped tune cell's result is read back from its run."""
         for cfg in cells:
+            self.queued.add(cfg.cell_id)
             run = self.done.get(cfg.cell_id)
             if run is None:
                 self.pending.append((cfg, group))
@@ -149,16 +151,23 @@ class Launcher:
                     self.tune_results[group].append(TuneResult.from_run(cfg, run))
 
     def _release(self, group: Group) -> None:
-        """Queue the group's final cells once the protocol knows their rate."""
+        """Queue the tune cells the protocol asks for and, once it knows their rate, the
+        group's final cells. A rung whose cells all finished in an earlier launch is read back
+        at once, so the protocol is asked again until it asks for nothing new."""
         if group in self.released:
             return
-        lr, finals = protocol_step(self.spec, group, self.tune_results[group])
-        if lr is None:
+        while True:
+            step = protocol_step(self.spec, group, self.tune_results[group])
+            new = [cfg for cfg in step.tune if cfg.cell_id not in self.queued]
+            if not new:
+                break
+            self._queue(new, group)
+        if step.lr is None:
             return
         self.released.add(group)
-        if tune_cells(self.spec, group):
-            self.outcome.chosen_lr[group] = lr
-        self._queue(finals, group)
+        if step.tune:
+            self.outcome.chosen_lr[group] = step.lr
+        self._queue(step.final, group)
 
     def _parent(self, runs: list[Run]) -> str:
         """The grid's parent run, reused across launches; the spec and the plan logged with it."""
@@ -229,6 +238,9 @@ class Launcher:
     def _start(self, cfg: RunConfig, group: Group) -> Job:
         started = time.perf_counter()
         tags = run_tags(cfg, self.spec.name, group.sweep)
+        if cfg.phase == "tune" and self.spec.tuning.scheduler == "halving":
+            budgets = [steps for steps, _ in tune_rungs(self.spec, group)]
+            tags[schema.RUNG] = f"{budgets.index(cfg.steps)}/{len(budgets)}"
         logger = MlflowRunLogger.create(
             self.client, self.exp_id, cfg.run_name, tags, self.parent_id
         )
@@ -280,7 +292,9 @@ class Launcher:
             # next launch, which runs the cell again (as `status` counts it), so a group never
             # gets final runs at two rates.
             ok = outcome == "ok"
-            result = TuneResult(cfg.lr, cfg.seed, value if ok else None, loss if ok else None)
+            result = TuneResult(
+                cfg.lr, cfg.seed, cfg.steps, value if ok else None, loss if ok else None
+            )
             self.tune_results[cell.group].append(result)
             self._release(cell.group)
 

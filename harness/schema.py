@@ -35,6 +35,7 @@ METRIC_BOUNDS = "harness.metric_bounds"  # the metric's range "lo,hi", e.g. "0,1
 SWEEP = "harness.sweep"  # the run's sweep point as JSON, "{}" outside a sweep
 ACCELERATOR = "harness.accelerator"  # cpu | cuda | mps: where the worker trained
 DIVERGED_AT = "harness.diverged_at_step"
+RUNG = "harness.rung"  # tune cells under successive halving: "k/n", rung k (from 0) of n
 NO_ATTENTION_MAPS = "harness.no_attention_maps"  # why a finished run has no attention_maps.png
 NO_ATTENTION_STATS = "harness.no_attention_stats"  # why a run has no attn/* diagnostics
 ENV_PREFIX = "env."  # software and hardware versions, on the grid's parent

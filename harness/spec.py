@@ -8,6 +8,7 @@
     optimizers: [adam, {name: sgd, lr: 0.1, lr_grid: [0.01, 0.1, 1.0], params: {momentum: 0.9}}]
     seeds: {tune: [0], final: [1, 2, 3]}   # or a list: the final seeds (tune seeds: [0])
     budget: {steps: 500, val_every: 50}    # steps: default each task's own default_steps
+    tuning: {scheduler: halving, eta: 3, rungs: 3}  # default: exhaustive (every rate, all steps)
     model: {d_model: 32}                   # model.* for every run; train: {...} likewise
     sweep: {model.d_k: [8, 32]}            # extra axes (dotted keys), cartesian product
 
@@ -169,6 +170,20 @@ class Budget(_Strict):
     val_every: PositiveInt | None = None  # becomes train.val_every
 
 
+class Tuning(_Strict):
+    """How the tune phase spends its steps (harness.grid.tune_rungs).
+
+    `exhaustive`: every rate of the grid trains the full budget. `halving`: successive halving
+    (Jamieson and Talwalkar 2016; the inner loop of Hyperband, Li et al. 2018): every rate first
+    trains budget / eta^(rungs-1) steps, and at each rung only the best ceil(n/eta) rates train
+    again, eta times longer, up to the full budget; once one rate is left it is chosen.
+    """
+
+    scheduler: Literal["exhaustive", "halving"] = "exhaustive"
+    eta: Annotated[StrictInt, Field(ge=2, le=16)] = 3  # 1/eta of the rates go on at each rung
+    rungs: Annotated[StrictInt, Field(ge=1, le=8)] = 3  # budgets S/eta^(rungs-1), ..., S/eta, S
+
+
 class GridSpec(_Strict):
     name: str
     # What the grid asks, in a sentence or two (a hypothesis and its source): the report shows
@@ -180,6 +195,7 @@ class GridSpec(_Strict):
     optimizers: Annotated[list[OptimizerEntry], Field(min_length=1)]
     seeds: Seeds = Field(default_factory=Seeds)
     budget: Budget = Field(default_factory=Budget)
+    tuning: Tuning = Field(default_factory=Tuning)
     model: Params = Field(default_factory=dict)
     train: Params = Field(default_factory=dict)
     sweep: dict[str, SweepValues] = Field(default_factory=dict)

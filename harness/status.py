@@ -16,7 +16,7 @@ from mlflow.entities import Run
 
 from harness import schema
 from harness.errors import UserError
-from harness.grid import TuneResult, groups, protocol_step, tune_cells
+from harness.grid import TuneResult, groups, protocol_step, tune_rungs
 from harness.spec import GridSpec
 
 COLUMNS = ("done", "diverged", "failed", "running", "pending")
@@ -65,26 +65,28 @@ def _pending_and_chosen(
 ) -> dict[str, float]:
     """Adds the pending cells of each phase to `rows`; returns group label -> chosen rate.
 
-    A tune cell is pending until it has a FINISHED run; the final cells of a group whose
-    tuning is not complete are pending too (their rate is not known yet), as are those of
-    the chosen rate without a FINISHED run.
+    A tune cell is pending until it has a FINISHED run, and so are the cells of rungs of
+    successive halving not reached yet (their number is known, their rates are not); the
+    final cells of a group whose tuning is not complete are pending too (their rate is not
+    known yet), as are those of the chosen rate without a FINISHED run.
     """
     chosen: dict[str, float] = {}
     for group in groups(spec):
-        tune = tune_cells(spec, group)
-        results = [
-            TuneResult.from_run(cfg, finished[cfg.cell_id])
-            for cfg in tune
-            if cfg.cell_id in finished
-        ]
-        rows["tune"]["pending"] += len(tune) - len(results)
-        lr, finals = protocol_step(spec, group, results)
-        if lr is None:
+        results: list[TuneResult] = []
+        while True:  # ask the protocol rung by rung, as the launcher does
+            step = protocol_step(spec, group, results)
+            known = [cfg for cfg in step.tune if cfg.cell_id in finished]
+            if len(known) == len(results):
+                break
+            results = [TuneResult.from_run(cfg, finished[cfg.cell_id]) for cfg in known]
+        planned = sum(n for _, n in tune_rungs(spec, group)) * len(spec.seeds.tune)
+        rows["tune"]["pending"] += planned - len(results)
+        if step.lr is None:
             rows["final"]["pending"] += len(spec.seeds.final)
             continue
-        if tune:
-            chosen[group.label] = lr
-        rows["final"]["pending"] += sum(cfg.cell_id not in finished for cfg in finals)
+        if step.tune:
+            chosen[group.label] = step.lr
+        rows["final"]["pending"] += sum(cfg.cell_id not in finished for cfg in step.final)
     return chosen
 
 

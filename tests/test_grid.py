@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from harness import schema
+from harness.config import RunConfig
 from harness.grid import (
     Group,
     Plan,
@@ -20,6 +21,7 @@ from harness.grid import (
     planned_cells,
     protocol_step,
     tune_cells,
+    tune_rungs,
 )
 from harness.optim import OPTIMIZERS
 from harness.spec import GridSpec, grid_from_dict, load_grid
@@ -62,6 +64,7 @@ def test_tune_then_final_counts(sweep: dict[str, list[int]]) -> None:
         final_cells=n_groups * 3,
         tune_steps=n_tune * 1000,  # copy and reverse: default_steps 1000
         final_steps=n_groups * 3 * 1000,
+        tune_steps_exhaustive=n_tune * 1000,
     )
     assert sum(len(tune_cells(spec, g)) for g in groups(spec)) == n_tune
     assert p.cells == n_tune + n_groups * 3 and p.steps == p.tune_steps + p.final_steps
@@ -168,7 +171,7 @@ def test_group_carries_the_optimizer_grid() -> None:
 
 def _results(values: dict[float, list[float | None]]) -> list[TuneResult]:
     return [
-        TuneResult(lr, seed, value)
+        TuneResult(lr, seed, 100, value)
         for lr, seeds in values.items()
         for seed, value in enumerate(seeds)
     ]
@@ -197,12 +200,12 @@ def test_ties_go_to_the_first_lr_in_order() -> None:
 def test_ties_of_the_metric_go_to_the_lower_mean_validation_loss() -> None:
     # Both rates saturate at accuracy 1.0 on every tune seed; 1e-2 has the lower mean loss.
     results = [
-        TuneResult(1e-3, 0, 1.0, 0.30),
-        TuneResult(1e-3, 1, 1.0, 0.10),
-        TuneResult(1e-2, 0, 1.0, 0.05),
-        TuneResult(1e-2, 1, 1.0, 0.25),
-        TuneResult(1e-1, 0, 0.9, 0.01),
-        TuneResult(1e-1, 1, 0.9, 0.01),
+        TuneResult(1e-3, 0, 100, 1.0, 0.30),
+        TuneResult(1e-3, 1, 100, 1.0, 0.10),
+        TuneResult(1e-2, 0, 100, 1.0, 0.05),
+        TuneResult(1e-2, 1, 100, 1.0, 0.25),
+        TuneResult(1e-1, 0, 100, 0.9, 0.01),
+        TuneResult(1e-1, 1, 100, 0.9, 0.01),
     ]
     assert choose_lr(results, higher_is_better=True) == 1e-2  # mean loss 0.15 < 0.20
     # The metric decides first: the lowest loss does not win at a worse accuracy.
@@ -246,19 +249,20 @@ def _tuned_group(spec: GridSpec) -> Group:
     return next(g for g in groups(spec) if g.optimizer == "sgd")  # rates 0.01, 0.1, 1.0
 
 
-def _score(lr: float, seed: int) -> TuneResult:
+def _score(cfg: RunConfig) -> TuneResult:
     """A made-up tune result: 0.1 is the best rate, every seed agrees."""
-    return TuneResult(lr, seed, {0.01: 0.5, 0.1: 0.9, 1.0: 0.2}[lr] + seed / 100, 1.0 - lr / 10)
+    value = {0.01: 0.5, 0.1: 0.9, 1.0: 0.2}[cfg.lr] + cfg.seed / 100
+    return TuneResult(cfg.lr, cfg.seed, cfg.steps, value, 1.0 - cfg.lr / 10)
 
 
 def test_protocol_step_waits_for_every_tune_cell_then_gives_the_final_cells() -> None:
     spec = _spec()
     group = _tuned_group(spec)
-    results = [_score(cfg.lr, cfg.seed) for cfg in tune_cells(spec, group)]
+    results = [_score(cfg) for cfg in tune_cells(spec, group)]
     for n in range(len(results)):  # any incomplete set of results: nothing to run yet
-        assert protocol_step(spec, group, results[:n]) == (None, [])
-        assert protocol_step(spec, group, results[n + 1 :] + results[:n]) == (None, [])
-    lr, finals = protocol_step(spec, group, results)
+        assert protocol_step(spec, group, results[:n])[:2] == (None, [])
+        assert protocol_step(spec, group, results[n + 1 :] + results[:n])[:2] == (None, [])
+    lr, finals, _ = protocol_step(spec, group, results)
     higher = get_task(group.task).higher_is_better
     assert lr == choose_lr(results, higher)
     assert lr == (0.1 if higher else 1.0)
@@ -271,7 +275,7 @@ def test_protocol_step_does_not_depend_on_the_order_results_arrive_in() -> None:
     spec = _spec()
     group = _tuned_group(spec)
     # 0.01 and 1.0 tie on the metric and the loss: the rate listed first in the grid wins.
-    tied = [TuneResult(cfg.lr, cfg.seed, 0.5 if cfg.lr != 0.1 else 0.1, 0.3)
+    tied = [TuneResult(cfg.lr, cfg.seed, cfg.steps, 0.5 if cfg.lr != 0.1 else 0.1, 0.3)
             for cfg in tune_cells(spec, group)]  # fmt: skip
     higher = get_task(group.task).higher_is_better
     expected = 0.01 if higher else 0.1
@@ -285,14 +289,14 @@ def test_protocol_step_does_not_depend_on_the_order_results_arrive_in() -> None:
 def test_protocol_step_ignores_foreign_results_and_counts_the_later_of_two() -> None:
     spec = _spec()
     group = _tuned_group(spec)
-    results = [_score(cfg.lr, cfg.seed) for cfg in tune_cells(spec, group)]
-    foreign = [TuneResult(0.5, 0, 1.0), TuneResult(0.1, 99, 1.0)]  # no such rate / seed
-    assert protocol_step(spec, group, results[:-1] + foreign) == (None, [])
+    results = [_score(cfg) for cfg in tune_cells(spec, group)]
+    foreign = [TuneResult(0.5, 0, 100, 1.0), TuneResult(0.1, 99, 100, 1.0)]  # no such rate / seed
+    assert protocol_step(spec, group, results[:-1] + foreign)[:2] == (None, [])
     assert protocol_step(spec, group, foreign + results) == protocol_step(spec, group, results)
     # a cell that diverged and was run again: its later result counts
     best = protocol_step(spec, group, results)[0]
     again = [r for r in results if r.lr == best]
-    diverged = [TuneResult(r.lr, r.seed, None) for r in again]
+    diverged = [TuneResult(r.lr, r.seed, r.steps, None) for r in again]
     assert protocol_step(spec, group, results + diverged)[0] != best
     assert protocol_step(spec, group, results + diverged + again)[0] == best
 
@@ -300,25 +304,31 @@ def test_protocol_step_ignores_foreign_results_and_counts_the_later_of_two() -> 
 def test_protocol_step_under_fixed_gives_the_entry_rate_at_once() -> None:
     spec = _spec(protocol="fixed")
     for group in groups(spec):
-        lr, finals = protocol_step(spec, group, [])
+        lr, finals, _ = protocol_step(spec, group, [])
         assert lr == group.fixed_lr
         assert [c.cell_id for c in finals] == [
             c.cell_id for c in final_cells(spec, group, group.fixed_lr)
         ]
-        assert protocol_step(spec, group, [TuneResult(1.0, 0, 0.9)]) == (lr, finals)
+        assert protocol_step(spec, group, [TuneResult(1.0, 0, 100, 0.9)])[:2] == (lr, finals)
 
 
-@pytest.mark.parametrize("protocol", ["tune_then_final", "fixed"])
+@pytest.mark.parametrize("protocol", ["tune_then_final", "fixed", "halving"])
 def test_plan_counts_and_plan_json_come_from_one_list(protocol: str) -> None:
-    spec = _spec(protocol=protocol, sweep={"model.d_k": [8, 32]})
+    halving = {"tuning": {"scheduler": "halving"}} if protocol == "halving" else {}
+    protocol = "tune_then_final" if halving else protocol
+    spec = _spec(protocol=protocol, sweep={"model.d_k": [8, 32]}, **halving)
     cells, rows, p = planned_cells(spec), plan_json(spec), plan(spec)
     assert len(cells) == len(rows) == p.cells
     assert sum(row["phase"] == "tune" for row in rows) == p.tune_cells
     assert sum(c.cfg.steps for c in cells if c.cfg.phase == "final") == p.final_steps
+    assert sum(row["steps"] for row in rows if row["phase"] == "tune") == p.tune_steps
+    first_rung = {cfg.cell_id for g in groups(spec) for cfg in tune_cells(spec, g)}
     for cell, row in zip(cells, rows, strict=True):
         assert row["group"] == cell.group.label and row["seed"] == cell.cfg.seed
-        # a final cell of a tuned group has no rate, id or run name until tuning picks one
+        # a final cell of a tuned group has no rate, id or run name until tuning picks one,
+        # and neither has a tune cell after the first rung of successive halving
         unknown = protocol == "tune_then_final" and row["phase"] == "final"
+        unknown |= row["phase"] == "tune" and cell.cfg.cell_id not in first_rung
         assert (row["lr"] is None, row["cell_id"] is None, row["run_name"] is None) == (
             unknown, unknown, unknown,
         )  # fmt: skip
@@ -332,3 +342,69 @@ def test_group_labels_are_the_schema_s() -> None:
         assert group.label == schema.group_label(
             group.task, group.attention, group.optimizer, group.sweep
         )
+
+
+# --------------------------------------------------------------------------- halving
+
+
+@pytest.mark.parametrize(
+    ("rates", "steps", "eta", "rungs", "expected"),
+    [
+        (5, 900, 3, 3, [(100, 5), (300, 2)]),  # 2 left after rung 1: ceil(2/3) = 1 is chosen
+        (9, 900, 3, 3, [(100, 9), (300, 3)]),
+        (10, 900, 3, 3, [(100, 10), (300, 4), (900, 2)]),
+        (7, 1000, 3, 3, [(112, 7), (334, 3)]),  # budgets round up
+        (8, 800, 2, 4, [(100, 8), (200, 4), (400, 2)]),
+        (4, 2, 3, 3, [(1, 4), (2, 2)]),  # budgets that round alike are one rung
+        (1, 900, 3, 3, [(100, 1)]),  # one rate: one short run, then it is chosen
+        (5, 900, 3, 1, [(900, 5)]),  # one rung is exhaustive tuning
+    ],
+)
+def test_halving_rungs(rates: int, steps: int, eta: int, rungs: int, expected: list) -> None:
+    grid = [10.0 ** (-k) for k in range(rates)]
+    spec = _spec(
+        tasks=[{"name": "copy", "steps": steps}],
+        optimizers=[{"name": "adam", "lr_grid": grid}],
+        tuning={"scheduler": "halving", "eta": eta, "rungs": rungs},
+    )
+    group = groups(spec)[0]
+    assert tune_rungs(spec, group) == expected
+    exhaustive = _spec(tasks=[{"name": "copy", "steps": steps}],
+                       optimizers=[{"name": "adam", "lr_grid": grid}])  # fmt: skip
+    assert tune_rungs(exhaustive, groups(exhaustive)[0]) == [(steps, rates)]
+
+
+def test_halving_keeps_the_best_by_the_protocols_ranking_whatever_the_order() -> None:
+    """Rung 0 of 7 rates keeps ceil(7/3) = 3: a diverged rate never, a tie of the metric
+    by the lower loss, then the grid's order; rung 1 then decides alone."""
+    grid = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
+    spec = _spec(
+        tasks=[{"name": "copy", "steps": 90}],
+        optimizers=[{"name": "sgd", "lr_grid": grid}],
+        seeds={"tune": [0, 1], "final": [2]},
+        tuning={"scheduler": "halving"},
+    )
+    group = groups(spec)[0]
+    metric = {1e-3: 0.2, 3e-3: 0.6, 1e-2: 0.6, 3e-2: 0.6, 1e-1: 0.6, 3e-1: 0.9, 1.0: 0.95}
+    loss = {3e-3: 0.5, 1e-2: 0.4, 3e-2: 0.4, 1e-1: 0.4}  # 1e-2 .. 1e-1 tie on both at 0.4
+
+    def result(cfg: RunConfig) -> TuneResult:
+        if cfg.lr == 1.0 and cfg.seed == 1:  # the best mean on seed 0, but it diverged
+            return TuneResult(cfg.lr, cfg.seed, cfg.steps, None)
+        return TuneResult(cfg.lr, cfg.seed, cfg.steps, metric[cfg.lr], loss.get(cfg.lr, 0.9))
+
+    rung0 = [result(cfg) for cfg in tune_cells(spec, group)]
+    for shift in range(len(rung0)):
+        order = rung0[shift:] + rung0[:shift]
+        step = protocol_step(spec, group, order)
+        assert step.lr is None and step.final == []
+        assert [c.lr for c in step.tune[len(rung0) :]] == [1e-2, 1e-2, 3e-2, 3e-2, 3e-1, 3e-1]
+        assert {c.steps for c in step.tune[len(rung0) :]} == {30}
+    rung1 = [TuneResult(c.lr, c.seed, c.steps, {1e-2: 0.7, 3e-2: 0.8, 3e-1: 0.75}[c.lr], 0.1)
+             for c in step.tune[len(rung0) :]]  # fmt: skip
+    step = protocol_step(spec, group, rung1 + rung0)
+    assert step.lr == 3e-2  # best at 30 steps, though 3e-1 led at 10
+    assert [c.lr for c in step.final] == [3e-2]
+    # A result at a budget the protocol did not ask for counts for nothing.
+    stray = [TuneResult(r.lr, r.seed, 90, 1.0, 0.0) for r in rung1]
+    assert protocol_step(spec, group, rung0 + stray).lr is None

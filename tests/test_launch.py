@@ -282,7 +282,10 @@ def test_the_launcher_and_status_follow_one_protocol(
 
     spec = grid_from_dict(AGREE)
     adam, sgd = groups(spec)
-    scores = [TuneResult(c.lr, c.seed, SCORES[c.lr] + c.seed / 100) for c in tune_cells(spec, adam)]
+    scores = [
+        TuneResult(c.lr, c.seed, c.steps, SCORES[c.lr] + c.seed / 100)
+        for c in tune_cells(spec, adam)
+    ]
     adam_lr = protocol_step(spec, adam, scores)[0]
 
     def launch(answers: int | None) -> Launcher:
@@ -373,3 +376,101 @@ def test_a_failed_tune_cell_holds_back_its_groups_final_cells(
     rates = {(r.data.params["optimizer"], float(r.data.params["lr"])) for r in final}
     assert rates == {("adam", 1e-2), ("sgd", 0.1)}  # one rate per group
     assert _status(client, spec)[0]["final"] == [4, 0, 0, 0, 0]
+
+
+# --------------------------------------------------------------------------- halving
+
+HALVING = {
+    "name": "halving",
+    "tasks": [{"name": "copy", "steps": 90}],
+    "attention": ["dot"],
+    "optimizers": [{"name": "adam", "lr_grid": [1e-4, 1e-3, 1e-2, 3e-2, 1e-1]}],
+    "seeds": {"tune": [0], "final": [1, 2]},
+    "tuning": {"scheduler": "halving", "eta": 3, "rungs": 3},
+}
+# Rung 0 (10 steps) ranks 1e-1 > 1e-2 > 1e-3 ..., as short runs favour large rates; rung 1
+# (30 steps) reverses the two it keeps. Rung 2 never runs: ceil(2 / 3) leaves one rate.
+RUNG_SCORES = {
+    10: {1e-4: 0.1, 1e-3: 0.5, 1e-2: 0.7, 3e-2: 0.2, 1e-1: 0.8},
+    30: {1e-2: 0.9, 1e-1: 0.6},
+}
+
+
+class _RungPool(_ScriptedPool):
+    """Answers each tune cell with RUNG_SCORES by its steps (final cells score 0.5)."""
+
+    def poll(self, timeout: float):
+        from harness import schema
+        from harness.backends.base import Done, LogMetrics, LogTags, Terminate
+
+        while self.running:
+            if self.left is not None and self.left == 0:
+                raise KeyboardInterrupt
+            job = self.running.pop(0)
+            self.left = None if self.left is None else self.left - 1
+            cfg = job.cfg
+            value = RUNG_SCORES[cfg["steps"]][cfg["lr"]] if cfg["phase"] == "tune" else 0.5
+            metrics = {schema.val_metric("acc"): value, schema.VAL_LOSS: 1 - value}
+            yield LogMetrics(job.run_id, [(k, v, 0, cfg["steps"]) for k, v in metrics.items()])
+            yield LogTags(job.run_id, [(schema.OUTCOME, "ok")])
+            yield Terminate(job.run_id, "FINISHED")
+            yield Done(job.run_id, "ok", metrics)
+
+
+def test_successive_halving_promotes_the_best_third_and_resumes_rung_by_rung(
+    client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """5 rates: all at 10 steps, the best 2 at 30, and the better of those two is chosen
+    although it was second at 10 steps. A launch stopped inside rung 1 resumes there, and
+    `status` counts the cells of rungs not reached yet as pending."""
+    import io
+    import sys
+    import types
+
+    from rich.console import Console
+
+    from harness import schema
+    from harness.grid import plan
+    from harness.launch import Launcher
+    from harness.spec import grid_from_dict
+
+    spec = grid_from_dict(HALVING)
+    assert (plan(spec).tune_cells, plan(spec).tune_steps) == (5 + 2, 5 * 10 + 2 * 30)
+    assert plan(spec).tune_steps_exhaustive == 5 * 90
+    module = types.ModuleType("harness.backends.rungs")
+    module.OPTIONS = {}
+    module.check = lambda tracking_uri: None
+    answers: list[int | None] = [6, None]
+    module.make_pool = lambda workers, accelerator, uri: _RungPool(client, 1, answers.pop(0))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
+    def launch() -> Launcher:
+        quiet = Console(file=io.StringIO())
+        launcher = Launcher(spec, client, spec.name, 1, "cpu", quiet, False, backend="rungs")
+        launcher.prepare()
+        return launcher
+
+    first = launch()
+    with pytest.raises(KeyboardInterrupt):  # after rung 0 and one cell of rung 1
+        first.run()
+    rows, chosen = _status(client, spec)
+    assert rows["tune"] == [6, 0, 1, 0, 1] and chosen == {}  # the 7th cell: KILLED, to rerun
+    second = launch()
+    assert [(cfg.lr, cfg.steps) for cfg, _ in second.pending] == [(1e-1, 30)]
+    outcome = second.run()
+    [group] = outcome.chosen_lr
+    assert outcome.chosen_lr[group] == 1e-2
+    rows, chosen = _status(client, spec)
+    assert rows == {"tune": [7, 0, 0, 0, 0], "final": [2, 0, 0, 0, 0]}
+    runs = [r for r in _children(client, spec.name) if r.info.status == "FINISHED"]
+    tune = {
+        (float(r.data.params["lr"]), int(r.data.params["steps"]), r.data.tags[schema.RUNG])
+        for r in runs
+        if r.data.tags[schema.PHASE] == "tune"
+    }
+    assert tune == {(lr, 10, "0/2") for lr in RUNG_SCORES[10]} | {
+        (1e-2, 30, "1/2"),
+        (1e-1, 30, "1/2"),
+    }
+    finals = {float(r.data.params["lr"]) for r in runs if r.data.tags[schema.PHASE] == "final"}
+    assert finals == {1e-2}

@@ -138,11 +138,19 @@ COPY_KEYS = ", ".join(f"task.{name}" for name in sorted(TASKS["copy"].params.mod
         (
             {"nope": 1},
             "g.yaml: nope: unknown field (choose from: name, description, protocol, tasks, "
-            "attention, optimizers, seeds, budget, model, train, sweep)",
+            "attention, optimizers, seeds, budget, tuning, model, train, sweep)",
         ),
         (
             {"tasks": ["copy", "nope"]},
             f"g.yaml: tasks[1]: unknown task 'nope' {_choices(TASKS)}",
+        ),
+        (
+            {"tuning": {"scheduler": "halving", "eta": 1}},
+            "g.yaml: tuning.eta: input should be greater than or equal to 2 (got 1)",
+        ),
+        (
+            {"tuning": {"scheduler": "asha"}},
+            "g.yaml: tuning.scheduler: input should be 'exhaustive' or 'halving' (got 'asha')",
         ),
         (
             {"tasks": [{"name": "nope"}]},

@@ -753,3 +753,42 @@ def test_every_figure_entry_is_drawn_or_noted_and_a_new_one_is_one_entry(
     assert "No never-drawn figure for text_cls." in html and "fig-never" not in html
     assert "No attention maps for text_cls · dot: its representative run" in html
     assert "No learning-rate sensitivity curve" in html  # no tuning runs in this grid
+
+
+# --------------------------------------------------------------------------- successive halving
+
+
+def test_halving_rungs_are_read_as_each_rates_longest_run_and_missing_ones_by_slot() -> None:
+    """Tune runs at two budgets, as successive halving leaves them: each rate is shown by its
+    longest run, hollow (`pruned`) where its group went further; a plan's cells of a later
+    rung (rate unknown when planned) are matched one run each by group, seed and steps."""
+    import pandas as pd
+
+    from harness.report.collect import missing_cells
+    from harness.report.plots import furthest_rung
+
+    def row(lr: float, steps: int, status: str = "FINISHED", seed: int = 0) -> dict:
+        return {"task": "copy", "attention": "dot", "optimizer": "adam", "sweep": "{}",
+                "sweep_values": {}, "phase": "tune", "lr": lr, "seed": seed, "steps": steps,
+                "val": lr * steps, "cell_id": f"{lr}-{steps}-{seed}", "current": True,
+                "status": status}  # fmt: skip
+
+    rung0 = [row(lr, 10) for lr in (1e-3, 1e-2, 1e-1)]
+    rung1 = [row(1e-2, 30), row(1e-1, 30, "KILLED")]
+    shown = furthest_rung(pd.DataFrame(rung0 + rung1[:1]))
+    assert sorted(zip(shown.lr, shown.steps, shown.pruned, strict=True)) == [
+        (1e-3, 10, True), (1e-2, 30, False), (1e-1, 10, True),
+    ]  # fmt: skip
+    assert not furthest_rung(pd.DataFrame(rung0)).pruned.any()  # one budget: nothing pruned
+
+    def planned(lr: float | None, steps: int, seed: int = 0) -> dict:
+        known = lr is not None
+        return {"task": "copy", "attention": "dot", "optimizer": "adam", "sweep": {},
+                "phase": "tune", "seed": seed, "steps": steps, "lr": lr,
+                "cell_id": f"{lr}-{steps}-{seed}" if known else None}  # fmt: skip
+
+    plan = [planned(lr, 10) for lr in (1e-3, 1e-2, 1e-1)] + [planned(None, 30)] * 2
+    missing = missing_cells(plan, pd.DataFrame(rung0 + rung1))
+    assert missing[["phase", "seed", "state"]].values.tolist() == [["tune", 0, "killed"]]
+    missing = missing_cells(plan, pd.DataFrame(rung0))
+    assert missing.state.tolist() == ["never started"] * 2

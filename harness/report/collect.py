@@ -307,18 +307,22 @@ def _parent(client: MlflowClient, run: Run) -> tuple[dict[str, Any], list[dict] 
 def missing_cells(plan: list[dict[str, Any]], runs: pd.DataFrame) -> pd.DataFrame:
     """Planned cells with no FINISHED run, with the state of their latest run if any.
 
-    Cells with a known id (tune cells, and final cells of `fixed` grids) are matched by
-    cell id; final cells of a tuned grid, whose rate tuning picks, by group and seed.
+    Cells with a known id (first-rung tune cells, and final cells of `fixed` grids) are
+    matched by cell id. Cells whose rate the results pick (final cells of a tuned grid, later
+    rungs of successive halving) are matched by group, phase, seed and steps, one run each.
     """
     columns = ["group", "phase", "seed", "lr", "state"]
     if not plan:
         return pd.DataFrame(columns=columns)
-    by_cell = {r.cell_id: r for r in runs.itertuples() if r.current}
-    by_slot = {
-        (schema.group_label(r.task, r.attention, r.optimizer, r.sweep_values), r.phase, r.seed): r
-        for r in runs.itertuples()
-        if r.current
-    }
+    current = [r for r in runs.itertuples() if r.current]
+    by_cell = {r.cell_id: r for r in current}
+    by_slot: dict[tuple[Any, ...], list[Any]] = {}
+    for r in current:  # FINISHED first: a slot's finished runs count before its failed ones
+        label = schema.group_label(r.task, r.attention, r.optimizer, r.sweep_values)
+        for key in ((label, r.phase, r.seed, r.steps), (label, r.phase, r.seed, None)):
+            by_slot.setdefault(key, []).append(r)
+    for slot in by_slot.values():
+        slot.sort(key=lambda r: r.status != "FINISHED")
     rows = []
     for cell in plan:
         group = schema.group_label(
@@ -326,8 +330,9 @@ def missing_cells(plan: list[dict[str, Any]], runs: pd.DataFrame) -> pd.DataFram
         )
         if cell.get("cell_id"):
             run = by_cell.get(cell["cell_id"])
-        else:
-            run = by_slot.get((group, cell["phase"], cell["seed"]))
+        else:  # plans written before successive halving have no steps
+            slot = by_slot.get((group, cell["phase"], cell["seed"], cell.get("steps")), [])
+            run = slot.pop(0) if slot else None
         if run is not None and run.status == "FINISHED":
             continue
         state = "never started" if run is None else run.status.lower()

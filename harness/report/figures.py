@@ -129,7 +129,9 @@ FIGURES: list[Entry] = [
           "No learning curves: the final runs of this task logged no validation metric."),
     Entry("lr-{task}", "task", "{task}: learning-rate sensitivity (tune phase)",
           "Final validation metric of each tuning run against its learning rate (mean over "
-          "tune seeds); a rate that diverged leaves a gap.",
+          "tune seeds); a rate that diverged leaves a gap. Under successive halving each "
+          "rate shows its longest run; a hollow marker is a rate dropped after fewer steps "
+          "than the rates kept, so its value is not comparable with theirs.",
           lambda i, j: lr_sensitivity(i.exp, j.task, i.style),
           "No learning-rate sensitivity curve: this grid has no finished tuning runs for this "
           "task."),

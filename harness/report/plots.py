@@ -115,6 +115,7 @@ def lr_sensitivity(exp: Experiment, task: str, style: Style) -> Figure | None:
     tune = exp.tune[(exp.tune.task == task) & (exp.tune.outcome == "ok")].dropna(subset=["val"])
     if tune.empty:
         return None
+    tune = furthest_rung(tune)
     tune = tune.assign(panel=panel_names(tune))
     fig, axes, panels, kinds = panel_grid(tune, style, sharex=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
@@ -122,6 +123,10 @@ def lr_sensitivity(exp: Experiment, task: str, style: Style) -> Figure | None:
         sns.lineplot(data=part, x="lr", y="val", hue="attention", hue_order=kinds,
                      palette=style.palette(kinds), marker="o", errorbar=None, ax=ax,
                      legend=ax is axes[0, -1])  # fmt: skip
+        pruned = part[part.pruned].groupby(["attention", "lr"], as_index=False).val.mean()
+        for kind, points in pruned.groupby("attention"):  # hollow: dropped by halving
+            ax.scatter(points.lr, points.val, s=30, facecolors="white", zorder=3,
+                       edgecolors=style.palette(kinds)[kind], linewidths=1.2)  # fmt: skip
         ax.set_xscale("log")
         rates = sorted(part.lr.unique())
         ax.set_xticks(rates, [f"{r:g}" for r in rates], rotation=45 if len(rates) > 4 else 0)
@@ -131,6 +136,16 @@ def lr_sensitivity(exp: Experiment, task: str, style: Style) -> Figure | None:
         ax.set_ylabel(metric_label(tune, "validation"))
         legend_outside(ax, ax is axes[0, -1], "attention")
     return fig
+
+
+def furthest_rung(tune: pd.DataFrame) -> pd.DataFrame:
+    """Each rate's tune runs at the largest budget (steps) it reached, with `pruned` True where
+    that is below the largest its group reached: successive halving dropped the rate there.
+    Exhaustive tuning has one budget per group, so nothing is pruned."""
+    group = ["task", "sweep", "attention", "optimizer"]
+    reached = tune.groupby([*group, "lr"]).steps.transform("max")
+    tune = tune[tune.steps == reached]
+    return tune.assign(pruned=tune.steps < tune.groupby(group).steps.transform("max"))
 
 
 def sweep_plot(table: pd.DataFrame, task: str, key: str, style: Style) -> Figure | None:
