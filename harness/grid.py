@@ -157,7 +157,7 @@ def tune_cells(spec: GridSpec, group: Group) -> list[RunConfig]:
     rungs = tune_rungs(spec, group)
     if not rungs:
         return []
-    return _rung(spec, group, group.lr_grid, rungs[0][0])
+    return rung_cells(spec, group, group.lr_grid, rungs[0][0])
 
 
 def final_cells(spec: GridSpec, group: Group, lr: float) -> list[RunConfig]:
@@ -192,7 +192,7 @@ def protocol_step(spec: GridSpec, group: Group, tune_results: Sequence[TuneResul
     higher_is_better = get_task(group.task).higher_is_better
     rates, asked = list(group.lr_grid), []
     for k, (steps, n) in enumerate(rungs):
-        cells = _rung(spec, group, rates[:n], steps)
+        cells = rung_cells(spec, group, rates[:n], steps)
         asked += cells
         if any((cfg.lr, cfg.seed, cfg.steps) not in by_cell for cfg in cells):
             return Step(None, [], asked)
@@ -214,7 +214,7 @@ def planned_cells(spec: GridSpec) -> list[PlannedCell]:
         known = step.lr is not None
         finals = step.final if known else final_cells(spec, group, group.fixed_lr)
         for k, (steps, n) in enumerate(tune_rungs(spec, group)):
-            rung = _rung(spec, group, group.lr_grid[:n], steps)
+            rung = rung_cells(spec, group, group.lr_grid[:n], steps)
             cells += [PlannedCell(group, cfg, k == 0) for cfg in rung]
         cells += [PlannedCell(group, cfg, known) for cfg in finals]
     return cells
@@ -312,7 +312,7 @@ def _mean(values: list[float]) -> float:
     return math.fsum(values) / len(values) if values else math.inf
 
 
-def _rung(spec: GridSpec, group: Group, rates: Sequence[float], steps: int) -> list[RunConfig]:
+def rung_cells(spec: GridSpec, group: Group, rates: Sequence[float], steps: int) -> list[RunConfig]:
     """One rung's cells: each rate x each tune seed, at `steps`."""
     return [
         _cell(group, "tune", lr, seed, steps)

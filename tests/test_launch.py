@@ -233,7 +233,10 @@ class _ScriptedPool:
                 raise KeyboardInterrupt
             job = self.running.pop(0)
             self.left = None if self.left is None else self.left - 1
-            yield from _answer(self.client, job.run_id, job.cfg)
+            yield from self.answer(job.run_id, job.cfg)
+
+    def answer(self, run_id: str, cfg: dict) -> list:
+        return _answer(self.client, run_id, cfg)
 
     def shutdown(self, kill: bool = False) -> list:
         return self.running
@@ -399,22 +402,18 @@ RUNG_SCORES = {
 class _RungPool(_ScriptedPool):
     """Answers each tune cell with RUNG_SCORES by its steps (final cells score 0.5)."""
 
-    def poll(self, timeout: float):
+    def answer(self, run_id: str, cfg: dict) -> list:
         from harness import schema
         from harness.backends.base import Done, LogMetrics, LogTags, Terminate
 
-        while self.running:
-            if self.left is not None and self.left == 0:
-                raise KeyboardInterrupt
-            job = self.running.pop(0)
-            self.left = None if self.left is None else self.left - 1
-            cfg = job.cfg
-            value = RUNG_SCORES[cfg["steps"]][cfg["lr"]] if cfg["phase"] == "tune" else 0.5
-            metrics = {schema.val_metric("acc"): value, schema.VAL_LOSS: 1 - value}
-            yield LogMetrics(job.run_id, [(k, v, 0, cfg["steps"]) for k, v in metrics.items()])
-            yield LogTags(job.run_id, [(schema.OUTCOME, "ok")])
-            yield Terminate(job.run_id, "FINISHED")
-            yield Done(job.run_id, "ok", metrics)
+        value = RUNG_SCORES[cfg["steps"]][cfg["lr"]] if cfg["phase"] == "tune" else 0.5
+        metrics = {schema.val_metric("acc"): value, schema.VAL_LOSS: 1 - value}
+        return [
+            LogMetrics(run_id, [(k, v, 0, cfg["steps"]) for k, v in metrics.items()]),
+            LogTags(run_id, [(schema.OUTCOME, "ok")]),
+            Terminate(run_id, "FINISHED"),
+            Done(run_id, "ok", metrics),
+        ]
 
 
 def test_successive_halving_promotes_the_best_third_and_resumes_rung_by_rung(

@@ -37,6 +37,7 @@ def _context(exp: Experiment, numbers: stats.Statistics, drawn: Drawn) -> dict[s
         "grid_name": grid_name if parent else "(no grid: runs from harness train)",
         "protocol": parent.get("params", {}).get(schema.PROTOCOL, "unknown"),
         "question": _grid_description(parent.get("grid_yaml")),
+        "tuning": _tuning(parent.get("grid_yaml")),
         "counts": {
             "final": int((exp.final.phase == "final").sum()),
             "tune": len(exp.tune),
@@ -94,6 +95,22 @@ def _grid_description(grid_yaml: str | None) -> str:
         return ""
     text = spec.get("description") if isinstance(spec, dict) else None
     return " ".join(text.split()) if isinstance(text, str) else ""
+
+
+def _tuning(grid_yaml: str | None) -> str:
+    """How the grid's tune phase spent its steps, from the parent's grid.yaml; "" if unknown
+    (grids launched before successive halving existed tuned exhaustively)."""
+    try:
+        spec = yaml.safe_load(grid_yaml or "")
+    except yaml.YAMLError:
+        return ""
+    if not isinstance(spec, dict) or spec.get("protocol") == "fixed":
+        return ""
+    tuning = spec.get("tuning") or {"scheduler": "exhaustive"}
+    if tuning.get("scheduler") != "halving":
+        return "exhaustive (every rate at the full budget)"
+    eta, rungs = tuning.get("eta"), tuning.get("rungs")
+    return f"successive halving (eta {eta}, {rungs} rungs: the best 1/{eta} of the rates go on)"
 
 
 def _lr(value: float | None) -> str:
