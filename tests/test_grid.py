@@ -233,13 +233,24 @@ def test_choose_lr_without_results() -> None:
     ("name", "expected"),
     [
         ("quick", (4, 4 * 3, 4 * 8)),
-        ("full", (80, 60 * 5 + 20 * 7, 240)),  # sgd: 7 rates, the others 5
-        ("dk_scaling", (32, 16 * 5 + 16 * 7, 96)),
+        # successive halving: 5 rates, then 2 (sgd: 7, then 3)
+        ("full", (80, 60 * (5 + 2) + 20 * (7 + 3), 240)),
+        ("dk_scaling", (32, 16 * (5 + 2) + 16 * (7 + 3), 96)),
     ],
 )
 def test_shipped_grid_plans(name: str, expected: tuple[int, int, int]) -> None:
     p = plan(load_grid(GRIDS / f"{name}.yaml"))
     assert (p.groups, p.tune_cells, p.final_cells) == expected
+
+
+def test_shipped_halving_grids_tune_in_at_most_40_percent_of_exhaustive_steps() -> None:
+    halving = [
+        s for s in map(load_grid, sorted(GRIDS.glob("*.yaml"))) if s.tuning.scheduler == "halving"
+    ]
+    assert halving  # full.yaml at least
+    for spec in halving:
+        p = plan(spec)
+        assert 0 < p.tune_steps <= 0.4 * p.tune_steps_exhaustive, spec.name
 
 
 # --------------------------------------------------------------------------- protocol_step
