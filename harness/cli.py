@@ -76,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     backends.add_options(p)  # --backend and each backend's own options (--ray-address)
     p.add_argument("--experiment", help="MLflow experiment (default: the grid's name)")
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default: auto)")
+    p.add_argument("--cells-per-gpu", **backends.CELLS_PER_GPU_FLAG)
     p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_tracking_uri(p)

@@ -9,6 +9,7 @@ that takes them ready-made.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -37,6 +38,7 @@ from harness.tracking import (
     run_tags,
 )
 from tasks import Task, TaskData, TaskInputError, get_task
+from tasks.cache import build_data
 from tasks.loaders import EvalBatches, RandomBatches, batch, to_device
 
 DIAGNOSTIC_BATCH_SIZE = 64  # the fixed validation batch of the attention diagnostics
@@ -61,7 +63,7 @@ def prepare(cfg: RunConfig) -> tuple[Task, TaskData, AttentionTaskModule]:
     """Build the data and the model, turning the user's mistakes into `UserError`."""
     task = get_task(cfg.task)
     try:
-        data = task.build(cfg.task_params, cfg.seed)
+        data = build_data(task, cfg.task_params, cfg.seed)  # once per worker for pure tasks
     except TaskInputError as err:
         raise UserError(str(err)) from None
     try:
@@ -140,13 +142,16 @@ def run_cell(
         trainer.loggers = [logger]
         device = trainer.strategy.root_device
         data_info = data.info | split_sizes(data)
-        logger.log_params({schema.DATA_PREFIX + k: str(v) for k, v in data_info.items()})
-        logger.log_params({schema.N_PARAMS: str(n_params(module.model))})
-        logger.set_tags({schema.ACCELERATOR: device.type})
+        # Facts known now, sent with the run's points when it ends (MlflowRunLogger.flush)
+        logger.add_params({schema.DATA_PREFIX + k: str(v) for k, v in data_info.items()})
+        logger.add_params({schema.N_PARAMS: str(n_params(module.model))})
+        logger.add_tags({schema.ACCELERATOR: device.type})
         outcome, fit_seconds = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
-        logger.client.log_dict(logger.run_id, cfg.to_dict(), schema.CONFIG_JSON)
+        logger.client.log_text(logger.run_id, _json(cfg.to_dict(), indent=2), schema.CONFIG_JSON)
         if outcome == "ok":
-            logger.client.log_dict(logger.run_id, module.test_outcomes, schema.TEST_OUTCOMES)
+            # 3 numbers per test example: compact JSON (json's C encoder; indent would not be)
+            outcomes = _json(module.test_outcomes)
+            logger.client.log_text(logger.run_id, outcomes, schema.TEST_OUTCOMES)
             log_attention_figure(logger, module, data, cfg.run_name)
         logger.finish("FINISHED", outcome)
     except (KeyboardInterrupt, SystemExit):
@@ -178,7 +183,7 @@ def _fit_and_test(
     trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     fit_seconds = time.perf_counter() - started
     if steps_cb.diverged_at is not None:
-        module.logger.set_tags({schema.DIVERGED_AT: str(steps_cb.diverged_at)})
+        module.logger.add_tags({schema.DIVERGED_AT: str(steps_cb.diverged_at)})
         return "diverged", fit_seconds
     if trainer.global_step % cfg.train["val_every"] != 0:  # always end on a validation
         trainer.validate(module, val, verbose=False)
@@ -200,6 +205,11 @@ def _trainer(cfg: RunConfig, accelerator: str, callbacks: list[pl.Callback]) -> 
         enable_progress_bar=False,
         num_sanity_val_steps=0,
     )
+
+
+def _json(value: object, indent: int | None = None) -> str:
+    """JSON text of an artifact; compact unless `indent` (config.json is read by people)."""
+    return json.dumps(value, indent=indent, separators=None if indent else (",", ":"))
 
 
 def _injected_fault(cfg: RunConfig) -> None:

@@ -93,6 +93,9 @@ class Task:
     build: Callable[[Mapping[str, Any], int], TaskData]  # (resolved params, seed) -> data
     description: str
     loss: Loss = cross_entropy  # what training minimises; `<split>/loss` in nats
+    # `build` reads nothing but its parameters and the seed (no files): a process may keep
+    # the data it built and reuse it for the next cell of the same data (tasks.cache).
+    pure: bool = False
 
     @property
     def higher_is_better(self) -> bool:

@@ -224,6 +224,7 @@ TASK_ENTRIES: tuple[Task, ...] = (  # found by tasks/__init__.py
         default_steps=1000,
         params=SequenceParams,
         build=build_copy,
+        pure=True,
         description="copy a random sequence into query slots after SEP",
     ),
     Task(
@@ -235,6 +236,7 @@ TASK_ENTRIES: tuple[Task, ...] = (  # found by tasks/__init__.py
         default_steps=1000,
         params=SequenceParams,
         build=build_reverse,
+        pure=True,
         description="write a random sequence backwards into query slots after SEP",
     ),
     Task(
@@ -246,6 +248,7 @@ TASK_ENTRIES: tuple[Task, ...] = (  # found by tasks/__init__.py
         default_steps=1000,
         params=SequenceParams,
         build=build_sort,
+        pure=True,
         description="write a random sequence sorted (with duplicates) into query slots after SEP",
     ),
     Task(
@@ -257,6 +260,7 @@ TASK_ENTRIES: tuple[Task, ...] = (  # found by tasks/__init__.py
         default_steps=3000,
         params=AssocRecallParams,
         build=build_assoc_recall,
+        pure=True,
         description="multi-query associative recall (Zoology MQAR): recall the value of each key",
     ),
     Task(
@@ -268,6 +272,7 @@ TASK_ENTRIES: tuple[Task, ...] = (  # found by tasks/__init__.py
         default_steps=2000,
         params=SelectiveCopyParams,
         build=build_selective_copy,
+        pure=True,
         description="copy the data tokens scattered among noise, in order (Mamba selective copy)",
     ),
 )

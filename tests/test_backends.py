@@ -3,9 +3,12 @@ a real local pool running one tiny cell, and each backend's own command-line opt
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
+import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,10 +16,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from harness import backends, schema
+from harness.backends import local
 from harness.backends.base import (
     Done,
     Job,
     LogArtifact,
+    LogBatch,
     LogMetrics,
     LogParams,
     LogTags,
@@ -30,7 +35,7 @@ from harness.config import resolve
 from harness.errors import UserError
 from harness.tracking import MlflowRunLogger, experiment_id, run_tags
 
-WRITES = (LogMetrics, LogParams, LogTags, LogArtifact, Terminate)
+WRITES = (LogBatch, LogMetrics, LogParams, LogTags, LogArtifact, Terminate)
 TINY = {  # a 4-symbol copy, a 16-wide one-layer model: seconds on 2 cores
     "task.length": 4,
     "task.n_train": 256,
@@ -53,6 +58,12 @@ def test_every_write_applies_itself_to_a_real_store(client: MlflowClient, tmp_pa
         LogParams(run_id, [("task", "copy"), ("model.d_model", "16")]),
         LogTags(run_id, [(schema.OUTCOME, "ok")]),
         LogMetrics(run_id, [(schema.TRAIN_LOSS, 2.0, 1000, 1), (schema.TRAIN_LOSS, 1.5, 1001, 2)]),
+        LogBatch(
+            run_id,
+            [(schema.GRAD_NORM, 0.5, 1002, 2)],
+            [("data.n_train", "256")],
+            [(schema.ACCELERATOR, "cpu")],
+        ),
         LogArtifact(run_id, schema.CONFIG_JSON, b'{"lr": 0.01}'),
         LogArtifact(run_id, "figures/maps.png", b"\x89PNG bytes"),
         Terminate(run_id, "FINISHED"),
@@ -61,8 +72,9 @@ def test_every_write_applies_itself_to_a_real_store(client: MlflowClient, tmp_pa
         write.apply(client)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params == {"task": "copy", "model.d_model": "16"}
-    assert run.data.tags[schema.OUTCOME] == "ok"
+    assert run.data.params == {"task": "copy", "model.d_model": "16", "data.n_train": "256"}
+    assert run.data.tags[schema.OUTCOME] == "ok" and run.data.tags[schema.ACCELERATOR] == "cpu"
+    assert run.data.metrics[schema.GRAD_NORM] == 0.5
     history = client.get_metric_history(run_id, schema.TRAIN_LOSS)
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.5)]
     config = Path(client.download_artifacts(run_id, schema.CONFIG_JSON, str(tmp_path)))
@@ -87,7 +99,8 @@ def test_a_pipe_sink_sends_typed_writes_that_arrive_whole(client: MlflowClient) 
     received = []
     while here.poll(1):
         received.append(here.recv())
-    assert [type(m) for m in received] == [LogMetrics, LogParams, LogTags, LogArtifact, Terminate]
+    # one log_batch call stays one write: the launcher applies it as one call
+    assert [type(m) for m in received] == [LogBatch, LogArtifact, Terminate]
     assert all(m.run_id == run_id for m in received)
     for write in received:
         write.apply(client)
@@ -123,7 +136,11 @@ def test_a_local_pool_trains_a_cell_and_reports_it_in_typed_events(client: Mlflo
     assert isinstance(done, Done) and done.run_id == logger.run_id, done
     assert all(isinstance(e, WRITES) and e.run_id == logger.run_id for e in events[:-1])
     assert done.outcome == "ok" and schema.VAL_LOSS in done.metrics
-    assert any(isinstance(e, Terminate) for e in events)  # the run ends before `Done`
+    # A short run's points, params and tags cost the launcher one log_batch, sent as the
+    # run ends: after its artifacts, before Terminate (so a FINISHED run is whole) and `Done`.
+    assert [type(e) for e in events] == [*[LogArtifact] * 3, LogBatch, Terminate, Done]
+    artifacts = {e.path for e in events if isinstance(e, LogArtifact)}
+    assert artifacts == {schema.CONFIG_JSON, schema.TEST_OUTCOMES, schema.ATTENTION_MAPS}
     run = client.get_run(logger.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[schema.OUTCOME] == "ok"
     metric = run.data.tags[schema.METRIC]
@@ -156,3 +173,92 @@ def test_the_ray_address_reaches_the_ray_backend_by_its_own_name(tracking_uri: s
     with pytest.raises(UserError, match="workers on other machines cannot write to a local"):
         backends.check("ray", tracking_uri, options)  # refused before anything starts
     backends.check("local", tracking_uri, {})
+
+
+# --------------------------------------------------------------------------- cells per GPU
+
+
+def _with_cells_per_gpu(value: object, *argv: str) -> argparse.Namespace:
+    """`harness run` arguments as they are once the command line has --cells-per-gpu."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cells-per-gpu", **backends.CELLS_PER_GPU_FLAG)
+    args = _run_args(*argv)
+    args.cells_per_gpu = parser.parse_args(["--cells-per-gpu", str(value)]).cells_per_gpu
+    return args
+
+
+@pytest.mark.parametrize("backend", backends.BACKENDS)
+def test_cells_per_gpu_reaches_either_backend_as_an_option(backend: str) -> None:
+    args = _with_cells_per_gpu(3, "--backend", backend, "--accelerator", "gpu")
+    assert backends.chosen_options(args) == {"cells_per_gpu": 3}
+    args = _with_cells_per_gpu(1, "--backend", backend, "--accelerator", "cpu")
+    assert backends.chosen_options(args) == {"cells_per_gpu": 1}  # one per GPU: no sharing
+
+
+@pytest.mark.parametrize(
+    ("argv", "value", "message"),
+    [
+        ((), 0, r"^--cells-per-gpu 0: must be an integer >= 1$"),
+        ((), -2, r"^--cells-per-gpu -2: must be an integer >= 1$"),
+        (("--accelerator", "cpu"), 2, r"^--cells-per-gpu 2: needs GPUs, but --accelerator is cpu"),
+        (("--workers", "4"), 2, r"^--cells-per-gpu sets the number of workers .*--workers$"),
+    ],
+)
+def test_a_bad_cells_per_gpu_is_one_line(argv: tuple, value: int, message: str) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        backends.chosen_options(_with_cells_per_gpu(value, *argv))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value", [1.5, "2", True, 0])
+def test_cells_per_gpu_from_python_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(UserError, match="must be an integer >= 1"):
+        backends.check_cells_per_gpu(value, "gpu")
+
+
+def test_a_cpu_pool_refuses_to_share_gpus_before_starting_a_worker(tracking_uri: str) -> None:
+    """Through the Python API (no command line): make_pool refuses, nothing is started."""
+    with pytest.raises(UserError, match="needs GPUs, but --accelerator is cpu"):
+        backends.make_pool("local", None, "cpu", tracking_uri, {"cells_per_gpu": 2})
+
+
+def test_n_cells_per_gpu_put_n_workers_on_every_gpu() -> None:
+    assert local.pool_size(None, 2, 3) == 6
+    assigned = local.gpu_assignment(local.pool_size(None, 2, 3), ["0", "1", "2"])
+    assert assigned == ["0", "1", "2", "0", "1", "2"]
+    assert Counter(assigned) == {"0": 2, "1": 2, "2": 2}
+    uuids = ["GPU-5e1a", "GPU-77b0"]
+    assert local.gpu_assignment(3, uuids) == ["GPU-5e1a", "GPU-77b0", "GPU-5e1a"]
+
+
+def test_without_gpus_cells_per_gpu_changes_nothing() -> None:
+    assert local.pool_size(None, 2, 0) == (os.cpu_count() or 1)
+    assert local.pool_size(3, 2, 0) == 3
+    assert local.pool_size(3, None, 8) == 3
+    assert local.gpu_assignment(2, []) == [None, None]
+
+
+@pytest.mark.parametrize(
+    ("value", "visible"),
+    [
+        ("2,3", ["2", "3"]),
+        (" GPU-5e1a , GPU-77b0", ["GPU-5e1a", "GPU-77b0"]),
+        ("", []),
+        ("0,-1,1", ["0"]),  # CUDA ignores everything from an invalid entry on
+    ],
+)
+def test_visible_gpus_are_the_ones_cuda_visible_devices_names(value: str, visible: list) -> None:
+    assert local.visible_gpus({local.CUDA_DEVICES: value}) == visible
+
+
+def test_without_cuda_visible_devices_every_gpu_torch_counts_is_visible() -> None:
+    import torch
+
+    assert local.visible_gpus({}) == [str(i) for i in range(torch.cuda.device_count())]
+
+
+def test_a_ray_actor_asks_for_its_share_of_a_gpu() -> None:
+    from harness.backends.ray import actor_gpus
+
+    assert actor_gpus(True, 4) == 0.25 and actor_gpus(True, 1) == 1.0
+    assert actor_gpus(False, 4) == 0

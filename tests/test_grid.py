@@ -24,7 +24,7 @@ from harness.grid import (
     tune_rungs,
 )
 from harness.optim import OPTIMIZERS
-from harness.spec import GridSpec, grid_from_dict, load_grid
+from harness.spec import GridSpec, Tuning, grid_from_dict, load_grid
 from tasks import TASKS, get_task
 
 GRIDS = Path(__file__).resolve().parent.parent / "grids"
@@ -117,7 +117,9 @@ def test_tune_cells_cover_grid_times_tune_seeds() -> None:
 
 
 def test_cell_ids_are_distinct() -> None:
-    for spec in (_spec(sweep={"model.d_k": [8, 32]}), load_grid(GRIDS / "dk_scaling.yaml")):
+    dk_scaling = load_grid(GRIDS / "dk_scaling.yaml")  # every tune cell: tuned exhaustively
+    dk_scaling = dk_scaling.model_copy(update={"tuning": Tuning()})
+    for spec in (_spec(sweep={"model.d_k": [8, 32]}), dk_scaling):
         ids = [c.cell_id for c in _all_cells(spec)]
         assert len(ids) == len(set(ids)) == plan(spec).cells
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -15,7 +16,8 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks import TASKS, TaskData, TaskInputError, get_task
+from tasks import TASKS, Task, TaskData, TaskInputError, get_task
+from tasks.cache import DataCache, data_bytes
 from tasks.corpus import (
     STDLIB_CLASSES,
     disk_cached,
@@ -642,3 +644,65 @@ def test_bad_input_raises(
 def test_hugging_face_source_needs_the_extra() -> None:
     with pytest.raises(TaskInputError, match=r"task.source='ag_news'.*attention-harness\[hf\]"):
         build("text_cls", source="ag_news")
+
+
+# ---- the per-process data cache (tasks.cache) ----
+
+
+def test_only_the_synthetic_tasks_are_declared_pure() -> None:
+    """A task that reads files must not be cached whole: an edited corpus would go unseen."""
+    assert {name for name, task in TASKS.items() if task.pure} == set(SYNTHETIC)
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_cached_data_is_the_data_a_fresh_build_gives(name: str) -> None:
+    cache = DataCache()
+    task, params = get_task(name), {**get_task(name).params.defaults(), "n_train": 300}
+    first = cache.build(task, params, 5)
+    assert cache.build(task, dict(reversed(params.items())), 5) is first  # key order: same
+    fresh = task.build(params, 5)
+    assert_same(first, fresh)
+    assert (first.info, first.itos, first.vocab_size) == (fresh.info, fresh.itos, fresh.vocab_size)
+    assert cache.build(task, params, 6) is not first  # another seed, other training data
+    assert cache.build(task, {**params, "n_train": 301}, 5) is not first
+    assert (cache.hits, cache.misses, len(cache)) == (1, 3, 3)
+
+
+def _counting(task_name: str, pure: bool) -> tuple[Task, list[int]]:
+    """A registered task under another name whose build counts its calls."""
+    task, calls = get_task(task_name), []
+
+    def build(params, seed):  # type: ignore[no-untyped-def]
+        calls.append(seed)
+        return task.build(params, seed)
+
+    return dataclasses.replace(task, name=f"counted_{task_name}", build=build, pure=pure), calls
+
+
+def test_a_task_that_is_not_pure_is_built_every_time() -> None:
+    cache = DataCache()
+    task, calls = _counting("copy", pure=False)
+    params = {**task.params.defaults(), "n_train": 100}
+    assert cache.build(task, params, 0) is not cache.build(task, params, 0)
+    assert calls == [0, 0] and len(cache) == 0
+
+
+def test_the_cache_keeps_the_most_recently_used_data_within_its_bytes() -> None:
+    task, calls = _counting("copy", pure=True)
+    params = {**task.params.defaults(), "n_train": 200}
+    size = data_bytes(task.build(params, 0))
+    cache = DataCache(max_bytes=2 * size)  # room for two seeds' data
+    cache.build(task, params, 0)
+    cache.build(task, params, 1)
+    cache.build(task, params, 0)  # seed 0 is now the more recent
+    cache.build(task, params, 2)  # evicts seed 1
+    assert cache.bytes == 2 * size and len(cache) == 2
+    calls.clear()
+    cache.build(task, params, 0)
+    cache.build(task, params, 2)
+    assert calls == []
+    cache.build(task, params, 1)
+    assert calls == [1]
+    small = DataCache(max_bytes=size - 1)  # data larger than the whole cache is not kept
+    assert_same(small.build(task, params, 0), task.build(params, 0))
+    assert len(small) == 0 and small.bytes == 0

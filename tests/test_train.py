@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import torch.nn.functional as F
 from mlflow import MlflowClient
 
@@ -14,6 +15,8 @@ from harness import schema
 from harness.config import resolve
 from harness.models.attention import ATTENTION, Attention, ScaledDotAttention
 from harness.train import train_run
+from tasks import get_task
+from tasks.cache import build_data
 
 # A small copy problem every attention kind learns in a few dozen steps.
 SMALL = {"task.length": 5, "task.n_train": 2000, "train.val_every": 40, "train.log_every": 10}
@@ -110,6 +113,19 @@ def test_same_seed_same_result_on_cpu(tracking_uri: str) -> None:
     _, a = _run(tracking_uri, "additive", steps=30, accelerator="cpu")
     _, b = _run(tracking_uri, "additive", steps=30, accelerator="cpu")
     assert a.metrics == b.metrics
+
+
+def test_training_leaves_the_cached_data_as_a_fresh_build_gives_it(tracking_uri: str) -> None:
+    """Workers keep built data for the next cell (tasks.cache): a run must not change it."""
+    cfg, _ = _run(tracking_uri, "multihead", steps=20)
+    task = get_task(cfg.task)
+    trained_on = build_data(task, cfg.task_params, cfg.seed)  # the entry the run used
+    fresh = task.build(cfg.task_params, cfg.seed)
+    for name in ("train", "val", "test"):
+        used, built = getattr(trained_on, name), getattr(fresh, name)
+        assert torch.equal(used.x, built.x) and torch.equal(used.y, built.y), name
+        assert torch.equal(used.score_mask, built.score_mask), name
+    assert trained_on.info == fresh.info
 
 
 def test_divergence_stops_early_and_finishes(tracking_uri: str, client: MlflowClient) -> None:

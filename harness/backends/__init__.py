@@ -10,6 +10,11 @@ Each backend is a module here named for it that offers:
 - `workers_here(workers, **options)`: how many of its workers run on this machine (for the
   memory check before a grid), None when they run elsewhere.
 The launcher sees only the `Pool`; adding a backend is one module and its name in BACKENDS.
+
+One option is every backend's: `cells_per_gpu` N, how many cells share one GPU (local: N x G
+worker processes on G GPUs, worker i on GPU i % G; ray: each actor asks for 1/N of a GPU).
+`chosen_options` takes it from `args.cells_per_gpu` when the command line has that flag
+(CELLS_PER_GPU_FLAG) and checks it there, where the accelerator is known.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from harness.backends.base import Pool
 from harness.errors import UserError
 
 BACKENDS = ("local", "ray")
+CELLS_PER_GPU_FLAG: dict[str, Any] = {  # `harness run --cells-per-gpu N`, for every backend
+    "type": int,
+    "metavar": "N",
+    "help": "train N cells at once on each GPU (N x GPUs workers); needs --accelerator gpu "
+    "or auto on a machine with GPUs",
+}
 
 
 def backend(name: str) -> ModuleType:
@@ -55,7 +66,28 @@ def chosen_options(args: argparse.Namespace) -> dict[str, Any]:
             if name != args.backend:
                 raise UserError(f"{flag}: only with --backend {name}")
             options[key] = value
+    cells = getattr(args, "cells_per_gpu", None)
+    if cells is not None:
+        check_cells_per_gpu(cells, getattr(args, "accelerator", None))
+        if getattr(args, "workers", None) is not None:
+            raise UserError("--cells-per-gpu sets the number of workers (N per GPU): "
+                            "leave out --workers")  # fmt: skip
+        options["cells_per_gpu"] = cells
     return options
+
+
+def check_cells_per_gpu(cells_per_gpu: Any, accelerator: str | None = None) -> None:
+    """None (the option not given), or an integer >= 1; more than one cell per GPU with
+    accelerator cpu is a mistake: there is no GPU to share."""
+    if cells_per_gpu is None:
+        return
+    if isinstance(cells_per_gpu, bool) or not isinstance(cells_per_gpu, int) or cells_per_gpu < 1:
+        raise UserError(f"--cells-per-gpu {cells_per_gpu!r}: must be an integer >= 1")
+    if cells_per_gpu > 1 and accelerator == "cpu":
+        raise UserError(
+            f"--cells-per-gpu {cells_per_gpu}: needs GPUs, but --accelerator is cpu "
+            "(use --workers to run cells side by side on the CPU)"
+        )
 
 
 def check(name: str, tracking_uri: str, options: dict[str, Any]) -> None:

@@ -1,10 +1,12 @@
 """What every backend shares with the launcher: the `Pool` interface and the messages it carries.
 
 The launcher hands a `Job` (one cell and the run created for it) to a pool and polls it for
-events: the store writes a worker made (one dataclass per kind of write: `LogMetrics`,
-`LogParams`, `LogTags`, `LogArtifact`, `Terminate`), a `Done` when a cell has ended, a `Lost`
-when a worker died with its cell. A write knows how to apply itself to an `MlflowClient`, so
-the launcher, the one writer of a local store, applies them in the order they came.
+events: the store writes a worker made (one dataclass per kind of write: `LogBatch`, which
+carries a run's points, params and tags together as one `log_batch` call, `LogArtifact`,
+`Terminate`; and the single-kind `LogMetrics`, `LogParams`, `LogTags`), a `Done` when a cell
+has ended, a `Lost` when a worker died with its cell. A write knows how to apply itself to
+an `MlflowClient`, so the launcher, the one writer of a local store, applies them in the
+order they came.
 
 Light on purpose (MLflow is imported only when a write is applied): the command line reads
 the backends' options from their modules before any heavy import.
@@ -41,6 +43,28 @@ class Lost:
 
 
 # --------------------------------------------------------------------------- store writes
+
+
+@dataclass(frozen=True)
+class LogBatch:
+    """One `log_batch` call: what a run buffered, sent whole. The launcher pays each call it
+    applies in store transactions, so a worker sends one of these where three single-kind
+    writes would cost three calls."""
+
+    run_id: str
+    points: list[tuple[str, float, int, int]]  # (key, value, timestamp ms, step)
+    params: list[tuple[str, str]]
+    tags: list[tuple[str, str]]
+
+    def apply(self, client: Any) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        client.log_batch(
+            self.run_id,
+            metrics=[Metric(*p) for p in self.points],
+            params=[Param(*p) for p in self.params],
+            tags=[RunTag(*t) for t in self.tags],
+        )
 
 
 @dataclass(frozen=True)
@@ -101,7 +125,7 @@ class Terminate:
         client.set_terminated(self.run_id, self.status)
 
 
-Write = LogMetrics | LogParams | LogTags | LogArtifact | Terminate
+Write = LogBatch | LogMetrics | LogParams | LogTags | LogArtifact | Terminate
 Event = Write | Done | Lost  # what `Pool.poll` yields
 
 

@@ -9,6 +9,12 @@ only its own pipe.
 
 Torch threads per worker = cores // workers (at least 1), so workers do not oversubscribe
 the cores (two OpenMP threads spinning against a busy core made runs many times slower).
+
+With `cells_per_gpu` N (a backend option; harness.backends.check_cells_per_gpu checks it) and G
+visible GPUs, the pool has N x G workers and worker i sees only GPU i % G: its
+CUDA_VISIBLE_DEVICES is set before it touches CUDA, so each GPU trains N cells at once (small
+models leave most of a GPU idle). Without GPUs (accelerator auto on a CPU machine) the option
+changes nothing.
 """
 
 from __future__ import annotations
@@ -20,19 +26,18 @@ import json
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
 
+from harness.backends import check_cells_per_gpu
 from harness.backends.base import (
     Done,
     Event,
     Job,
     LogArtifact,
-    LogMetrics,
-    LogParams,
-    LogTags,
+    LogBatch,
     Lost,
     Terminate,
 )
@@ -41,23 +46,63 @@ if TYPE_CHECKING:
     from mlflow.entities import Metric, Param, RunTag
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
+PNG_COMPRESS_LEVEL = 1
 
 OPTIONS: dict[str, dict[str, Any]] = {}  # command-line options of this backend: none
 
 
-def check(tracking_uri: str) -> None:
-    """Before anything is created: nothing to check (workers reach the store through the
-    launcher)."""
+def check(tracking_uri: str, cells_per_gpu: int | None = None) -> None:
+    """Before anything is created: workers reach the store through the launcher, so only
+    the option's value is checked."""
+    check_cells_per_gpu(cells_per_gpu)
 
 
-def workers_here(workers: int | None) -> int:
+def workers_here(workers: int | None, cells_per_gpu: int | None = None) -> int:
     """Every worker runs on this machine."""
+    return pool_size(workers, cells_per_gpu, len(visible_gpus()) if cells_per_gpu else 0)
+
+
+def make_pool(
+    workers: int | None, accelerator: str, tracking_uri: str, cells_per_gpu: int | None = None
+) -> LocalPool:
+    """`workers` processes (default: this machine's cores, or `cells_per_gpu` per GPU); the
+    launcher writes the store."""
+    check_cells_per_gpu(cells_per_gpu, accelerator)
+    gpus = visible_gpus() if cells_per_gpu and accelerator != "cpu" else []
+    size = pool_size(workers, cells_per_gpu, len(gpus))
+    return LocalPool(size, accelerator, gpu_assignment(size, gpus))
+
+
+def pool_size(workers: int | None, cells_per_gpu: int | None, gpus: int) -> int:
+    """N cells per GPU on G GPUs: N x G workers; otherwise `workers`, or one per core."""
+    if cells_per_gpu and gpus:
+        return cells_per_gpu * gpus
     return workers or os.cpu_count() or 1
 
 
-def make_pool(workers: int | None, accelerator: str, tracking_uri: str) -> LocalPool:
-    """`workers` processes (default: this machine's cores); the launcher writes the store."""
-    return LocalPool(workers or os.cpu_count() or 1, accelerator)
+def gpu_assignment(workers: int, gpus: Sequence[str]) -> list[str | None]:
+    """Each worker's CUDA_VISIBLE_DEVICES: worker i gets GPU i % G, so N x G workers put N on
+    every GPU; None for every worker when there are no GPUs to share out."""
+    return [gpus[i % len(gpus)] if gpus else None for i in range(workers)]
+
+
+def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them: its own entries
+    (indices or UUIDs) when it is set, else 0..count-1 as torch counts them (no CUDA context
+    is made here, and workers are spawned, so they never inherit the launcher's CUDA)."""
+    environ = os.environ if environ is None else environ
+    if CUDA_DEVICES in environ:
+        names = [name.strip() for name in environ[CUDA_DEVICES].split(",")]
+        visible = []
+        for name in names:
+            if not name or name.startswith("-"):  # CUDA stops at an invalid entry ("-1")
+                break
+            visible.append(name)
+        return visible
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 # --------------------------------------------------------------------------- worker side
@@ -76,13 +121,15 @@ class PipeSink:
         params: Sequence[Param] = (),
         tags: Sequence[RunTag] = (),
     ) -> None:
-        if metrics:
-            points = [(m.key, m.value, m.timestamp, m.step) for m in metrics]
-            self.conn.send(LogMetrics(run_id, points))
-        if params:
-            self.conn.send(LogParams(run_id, [(p.key, p.value) for p in params]))
-        if tags:
-            self.conn.send(LogTags(run_id, [(t.key, t.value) for t in tags]))
+        """One message, applied as one `log_batch` call, whatever it holds."""
+        self.conn.send(
+            LogBatch(
+                run_id,
+                [(m.key, m.value, m.timestamp, m.step) for m in metrics],
+                [(p.key, p.value) for p in params],
+                [(t.key, t.value) for t in tags],
+            )
+        )
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
         self.conn.send(LogArtifact(run_id, artifact_file, text.encode()))
@@ -90,19 +137,23 @@ class PipeSink:
     def log_dict(self, run_id: str, dictionary: dict, artifact_file: str) -> None:
         self.log_text(run_id, json.dumps(dictionary, indent=2), artifact_file)
 
-    def log_figure(self, run_id: str, figure: Any, artifact_file: str) -> None:
+    def log_image(self, run_id: str, image: Any, artifact_file: str) -> None:
+        """A PIL image as PNG, compressed lightly: zlib level 1 wrote attention figures
+        1.3-1.6x faster than the default 6 here, for files 15-30% larger."""
         buffer = io.BytesIO()
-        figure.savefig(buffer, format="png")
+        image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
         self.conn.send(LogArtifact(run_id, artifact_file, buffer.getvalue()))
 
     def set_terminated(self, run_id: str, status: str) -> None:
         self.conn.send(Terminate(run_id, status))
 
 
-def worker_main(conn: Connection, threads: int, accelerator: str) -> None:
-    """Train the cells the launcher sends until it sends None."""
+def worker_main(conn: Connection, threads: int, accelerator: str, gpu: str | None = None) -> None:
+    """Train the cells the launcher sends until it sends None; on GPU `gpu` alone if given."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle
     _die_with_parent()
+    if gpu is not None:  # read by CUDA when it starts, which is later: at the first cell
+        os.environ[CUDA_DEVICES] = gpu
     import torch
 
     torch.set_num_threads(threads)
@@ -149,16 +200,23 @@ class _Worker:
 class LocalPool:
     """N spawned workers; `submit` hands a job to an idle one, `poll` collects what they sent."""
 
-    def __init__(self, workers: int, accelerator: str = "auto") -> None:
+    def __init__(
+        self, workers: int, accelerator: str = "auto", gpus: Sequence[str | None] = ()
+    ) -> None:
+        """`gpus[i]`: the CUDA_VISIBLE_DEVICES of worker i (None or missing: unchanged)."""
         self.size, self.accelerator = workers, accelerator
         self.threads = max(1, (os.cpu_count() or 1) // workers)
+        self.gpus = [gpus[i] if i < len(gpus) else None for i in range(workers)]
         self._ctx = mp.get_context("spawn")
-        self._workers = [self._start() for _ in range(workers)]
+        self._workers = [self._start(i) for i in range(workers)]
 
-    def _start(self) -> _Worker:
+    def _start(self, index: int) -> _Worker:
+        """Worker `index`, on its GPU (a replacement gets the GPU of the one it replaces)."""
         parent, child = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
-            target=worker_main, args=(child, self.threads, self.accelerator), daemon=True
+            target=worker_main,
+            args=(child, self.threads, self.accelerator, self.gpus[index]),
+            daemon=True,
         )
         process.start()
         child.close()
@@ -174,7 +232,7 @@ class LocalPool:
             self._workers[index].conn.send(job)
         except OSError:  # it died (while idle, or with its last job): start another in its place
             self._workers[index].process.join(timeout=5)
-            self._workers[index] = self._start()
+            self._workers[index] = self._start(index)
             self._workers[index].conn.send(job)
         self._workers[index].job = job
 

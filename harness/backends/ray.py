@@ -16,7 +16,9 @@ calls of up to 1000 points):
   other machines cannot reach a local file: `check` refuses that combination.
 
 Its one option, `--ray-address`, is declared here (`OPTIONS`) and reaches `make_pool` as
-`ray_address`; the command line and the launcher only pass it along.
+`ray_address`; the command line and the launcher only pass it along. The shared option
+`cells_per_gpu` N makes each actor ask for 1/N of a GPU (`actor_gpus`), so Ray places N
+actors on each GPU.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
+from harness.backends import check_cells_per_gpu
 from harness.backends.base import Done, Event, Job, Lost, Write
 from harness.backends.local import PipeSink, run_job
 from harness.errors import UserError
@@ -43,20 +46,31 @@ OPTIONS: dict[str, dict[str, Any]] = {  # command-line options of this backend
 }
 
 
-def workers_here(workers: int | None, ray_address: str | None = None) -> int | None:
+def workers_here(
+    workers: int | None, ray_address: str | None = None, cells_per_gpu: int | None = None
+) -> int | None:
     """Without --ray-address, Ray starts here with `workers` CPUs (default: the cores)."""
     return (workers or os.cpu_count() or 1) if ray_address in LOCAL else None
 
 
 def make_pool(
-    workers: int | None, accelerator: str, tracking_uri: str, ray_address: str | None = None
+    workers: int | None,
+    accelerator: str,
+    tracking_uri: str,
+    ray_address: str | None = None,
+    cells_per_gpu: int | None = None,
 ) -> RayPool:
-    """`workers` actors (default: this machine's cores, or the cluster's CPUs)."""
-    return RayPool(workers, accelerator, ray_address, tracking_uri)
+    """`workers` actors (default: this machine's cores, or the cluster's CPUs; with
+    `cells_per_gpu` N on GPUs, N per GPU of the cluster), each asking for 1/N of a GPU."""
+    check_cells_per_gpu(cells_per_gpu, accelerator)
+    return RayPool(workers, accelerator, ray_address, tracking_uri, cells_per_gpu)
 
 
-def check(tracking_uri: str, ray_address: str | None = None) -> None:
+def check(
+    tracking_uri: str, ray_address: str | None = None, cells_per_gpu: int | None = None
+) -> None:
     """Before anything is created: Ray is installed, and remote workers can reach the store."""
+    check_cells_per_gpu(cells_per_gpu)
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -110,7 +124,12 @@ class RayPool:
     """`workers` actors; the same interface as LocalPool (idle, submit, poll, shutdown)."""
 
     def __init__(
-        self, workers: int | None, accelerator: str, address: str | None, tracking_uri: str
+        self,
+        workers: int | None,
+        accelerator: str,
+        address: str | None,
+        tracking_uri: str,
+        cells_per_gpu: int | None = None,
     ) -> None:
         import ray
         from ray.util.queue import Queue
@@ -125,11 +144,12 @@ class RayPool:
                 _init_loopback(ray, num_cpus=workers or os.cpu_count(), **init)
             else:
                 ray.init(address=address, **init)
-        workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        on_gpu = accelerator in ("gpu", "cuda") or _auto_gpu(ray, accelerator)
+        workers = workers or _default_actors(ray, cells_per_gpu if on_gpu else None)
         direct = is_http(tracking_uri)  # actors write to the server themselves
         self.queue = None if direct else Queue()
         threads = max(1, (os.cpu_count() or 1) // workers) if local else 1
-        gpus = 1 if accelerator in ("gpu", "cuda") or _auto_gpu(ray, accelerator) else 0
+        gpus = actor_gpus(on_gpu, cells_per_gpu or 1)
         actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(CellWorker)
         deadline = tracking_deadline()  # read here: actors on other nodes lack the variable
         self._new = lambda: actor.remote(
@@ -198,6 +218,21 @@ def _init_loopback(ray: Any, **kwargs: Any) -> None:
         ray.init(_node_ip_address="127.0.0.1", **kwargs)
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = cluster
+
+
+def actor_gpus(on_gpu: bool, cells_per_gpu: int) -> float:
+    """The GPU share each actor asks Ray for: 1/N with N cells per GPU (Ray packs N such
+    actors on one GPU and sets their CUDA_VISIBLE_DEVICES), none on CPU."""
+    return 1.0 / cells_per_gpu if on_gpu else 0
+
+
+def _default_actors(ray: Any, cells_per_gpu: int | None) -> int:
+    """One actor per CPU of the cluster, or N per GPU with `cells_per_gpu` N on GPUs."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if cells_per_gpu and gpus:
+        return cells_per_gpu * gpus
+    return max(1, int(resources.get("CPU", 1)))
 
 
 def _auto_gpu(ray: Any, accelerator: str) -> bool:

@@ -177,7 +177,7 @@ class AttentionTaskModule(pl.LightningModule):
         except NotImplementedError:  # a kind with no pre-softmax scores (linear attention, say)
             self.attention_diagnostics = False
             if self.logger is not None:
-                self.logger.set_tags({schema.NO_ATTENTION_STATS: NO_SCORES})
+                self.logger.add_tags({schema.NO_ATTENTION_STATS: NO_SCORES})
             return
         metrics = {}
         for i, (logit_std, entropy) in enumerate(stats):
