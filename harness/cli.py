@@ -19,9 +19,11 @@ from typing import Any
 
 from harness import backends
 from harness.errors import UserError
+from harness.telemetry import off_unless_chosen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    off_unless_chosen()  # MLflow's usage telemetry, before anything imports MLflow
     args = _parser().parse_args(argv)
     try:
         return args.handler(args)
@@ -58,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a parameter, e.g. model.d_k=32 or task.length=20 (repeatable)",
     )
-    p.add_argument("--experiment", default="train", help="MLflow experiment (default: train)")
+    p.add_argument(
+        "--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else train)"
+    )
     p.add_argument(
         "--accelerator", default="auto", help="Lightning accelerator: auto (default), cpu, gpu"
     )
@@ -74,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
         help="cells at a time (default: this machine's cores; with a Ray cluster, its CPUs)",
     )
     backends.add_options(p)  # --backend and each backend's own options (--ray-address)
-    p.add_argument("--experiment", help="MLflow experiment (default: the grid's name)")
+    p.add_argument(
+        "--experiment",
+        help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else the grid's name)",
+    )
     p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default: auto)")
     p.add_argument("--cells-per-gpu", **backends.CELLS_PER_GPU_FLAG)
     p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
@@ -104,9 +111,15 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ui", help="browse the runs in the MLflow UI (Ctrl-C stops it)")
     p.add_argument(
+        "experiment",
+        nargs="?",
+        help="print the address of this experiment's runs table (default: the UI's home page)",
+    )
+    p.add_argument(
         "--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)"
     )
     p.add_argument("--port", type=int, default=5000, help="port (default: 5000)")
+    p.add_argument("--open", action="store_true", help="open the address in a web browser")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_ui)
     return parser
@@ -192,10 +205,9 @@ def _params_text(params: Any, skip: Any = None) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from harness.config import parse_set_options, resolve
-    from harness.spec import check_experiment_name
-    from harness.store import check_tracking_uri, resolve_tracking_uri
+    from harness.store import check_tracking_uri, resolve_experiment, resolve_tracking_uri
 
-    check_experiment_name(args.experiment)
+    experiment = resolve_experiment(args.experiment, "train")
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
     cfg = resolve(
@@ -216,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_run(
         cfg,
         tracking_uri=uri,
-        experiment=args.experiment,
+        experiment=experiment,
         accelerator=args.accelerator,
         progress=not args.no_progress,
     )
@@ -227,8 +239,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         metric = get_task(cfg.task).metric
         chance = float(result.data_info["chance"])
         print(f"  chance: {chance:.4f} ({metric.label} of the best input-blind predictor)")
-    print(f"  {result.seconds:.1f} s; stored in {uri} (experiment {args.experiment!r})")
-    print(f"  browse: {_browse_hint(uri)}")
+    print(f"  {result.seconds:.1f} s; stored in {uri} (experiment {experiment!r})")
+    print(f"  browse: {_browse_hint(uri, experiment)}")
     return 0
 
 
@@ -236,14 +248,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from harness.grid import plan
-    from harness.spec import check_experiment_name, load_grid
+    from harness.spec import load_grid
+    from harness.store import resolve_experiment
 
     spec = load_grid(args.grid)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: must be >= 1")
     options = backends.chosen_options(args)
-    if args.experiment is not None:
-        check_experiment_name(args.experiment)
+    experiment = resolve_experiment(args.experiment, spec.name)
     from harness.launch import Launcher
     from harness.preflight import check_cells
     from harness.train import quiet_libraries
@@ -262,7 +274,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_tracking_uri(uri)
     backends.check(args.backend, uri, options)
     check_cells(spec, here)  # every bad value stops here, before any run exists
-    experiment = args.experiment or spec.name
     console = Console(stderr=True)
     launcher = Launcher(
         spec, MlflowClient(uri), experiment, args.workers, args.accelerator, console,
@@ -317,7 +328,7 @@ def _print_outcome(outcome: Any, experiment: str, uri: str) -> None:
             f"fixed cost per cell (median; all but the training steps): "
             f"{outcome.fixed_cost_per_cell:.2f} s"
         )
-    print(f"stored in {uri} (experiment {experiment!r}); browse: {_browse_hint(uri)}")
+    print(f"stored in {uri} (experiment {experiment!r}); browse: {_browse_hint(uri, experiment)}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -376,19 +387,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ui(args: argparse.Namespace) -> int:
     import ipaddress
     import socket
-    import subprocess
 
+    from harness import ui
     from harness.store import check_tracking_uri, is_http, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking_uri(uri)
+    check_tracking_uri(uri, existing=args.experiment is not None)
     if is_http(uri):
-        print(f"{uri} is a tracking server and serves the UI itself: open {uri}")
+        url = _experiment_url(uri, uri, args.experiment)
+        print(f"{uri} is a tracking server and serves the UI itself: open {url}")
+        if args.open:
+            _open(url)
         return 0
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: must be between 1 and 65535")
     try:
-        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+        address = None if args.host == "localhost" else ipaddress.ip_address(args.host)
     except ValueError:
         raise UserError(f"--host {args.host!r}: not an IP address or localhost") from None
     with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as probe:
@@ -396,7 +410,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
             probe.bind((args.host, args.port))
         except OSError as err:
             raise UserError(f"--host {args.host} --port {args.port}: {err.strerror}") from None
-    if not loopback:
+    if address is not None and not address.is_loopback:
         print(
             f"warning: listening on {args.host}: anyone who can reach this machine can read "
             "and change these runs (the MLflow UI has no login)",
@@ -407,36 +421,59 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--host", args.host, "--port", str(args.port), "--workers", "1",
         "--uvicorn-opts", "--log-level warning",
     ]  # fmt: skip
-    shown = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"MLflow UI on {uri}: http://{shown}:{args.port}  (Ctrl-C stops it)", flush=True)
-    quiet = {"MLFLOW_LOGGING_LEVEL": "WARNING", "PYTHONWARNINGS": "ignore"}
-    # Its own session: Ctrl-C reaches only this process, which stops the server's whole
-    # process group (MLflow starts helpers) with SIGTERM, so none is left behind.
-    server = subprocess.Popen(command, env=os.environ | quiet, start_new_session=True)
-    try:
-        code = server.wait()
-    except KeyboardInterrupt:
-        _stop_group(server)
-        print("stopped", file=sys.stderr)
-        return 0
+    shown = args.host
+    if address is not None and address.is_unspecified:  # every interface: this machine's
+        shown = "::1" if address.version == 6 else "127.0.0.1"
+    base = f"http://[{shown}]:{args.port}" if ":" in shown else f"http://{shown}:{args.port}"
+    url = _experiment_url(uri, base, args.experiment)
+    print(f"MLflow UI on {uri}: {url}  (Ctrl-C stops it)", flush=True)
+    # Quiet, and without MLflow's job runner (GenAI jobs, which start processes of their own)
+    env = os.environ | {"MLFLOW_LOGGING_LEVEL": "WARNING", "PYTHONWARNINGS": "ignore"}
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+
+    def ready(server: Any) -> None:
+        if args.open and _wait_for_port(shown, args.port, server):
+            _open(url)
+
+    code = ui.serve(command, env, on_ready=ready)
     if code != 0:
         print(f"error: the MLflow server stopped with exit code {code}", file=sys.stderr)
         return 1
+    print("stopped", file=sys.stderr)
     return 0
 
 
-def _stop_group(process: Any) -> None:
-    import signal
-    import subprocess
+def _experiment_url(uri: str, base: str, experiment: str | None) -> str:
+    """The UI's address of `experiment`'s runs table; its home page without an experiment."""
+    if experiment is None:
+        return base
+    from mlflow import MlflowClient
 
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
+    from harness import ui
+
+    return ui.experiment_address(MlflowClient(uri), base, experiment)
+
+
+def _wait_for_port(host: str, port: int, server: Any, timeout: float = 120.0) -> bool:
+    """Whether the server accepts connections on `port` within `timeout` s (False: it ended)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def _open(url: str) -> None:
+    import webbrowser
+
+    if not webbrowser.open(url):
+        print(f"no web browser found here: open {url}", file=sys.stderr)
 
 
 def _safe_folder(name: str) -> str:
@@ -445,14 +482,14 @@ def _safe_folder(name: str) -> str:
     return cleaned or "experiment"
 
 
-def _browse_hint(uri: str) -> str:
+def _browse_hint(uri: str, experiment: str) -> str:
     from harness.store import DEFAULT_TRACKING_URI, is_http
 
     if is_http(uri):
         return uri
     if uri == DEFAULT_TRACKING_URI:
-        return "harness ui"
-    return f"harness ui --tracking-uri {_ui_uri(uri)}"
+        return f"harness ui {experiment}"
+    return f"harness ui {experiment} --tracking-uri {_ui_uri(uri)}"
 
 
 def _ui_uri(uri: str) -> str:

@@ -137,7 +137,14 @@ class RunConfig:
 
     @property
     def run_name(self) -> str:
-        return f"{self.task}/{self.attention}/{self.optimizer}/lr={self.lr:g}/seed={self.seed}"
+        return self.run_name_at({})
+
+    def run_name_at(self, sweep: Mapping[str, Any]) -> str:
+        """`<task>/<attention>/<optimizer>/lr=<lr>[/<sweep point>]/seed=<seed>`: the run's
+        name in MLflow, with its sweep point (`sweep_point_name`) in a sweep."""
+        point = sweep_point_name(sweep)
+        head = f"{self.task}/{self.attention}/{self.optimizer}/lr={self.lr:g}"
+        return f"{head}/{point}/seed={self.seed}" if point else f"{head}/seed={self.seed}"
 
     def flat_params(self) -> dict[str, str]:
         """MLflow params: the run's axes, then every hyper-parameter under a dotted name."""
@@ -162,6 +169,19 @@ class RunConfig:
             "optim": self.optim,
             "train": self.train,
         }
+
+
+def sweep_point_name(sweep: Mapping[str, Any]) -> str:
+    """{"model.d_k": 128} -> "d_k=128": each swept key without its section (the whole dotted
+    key where two keys share a name), in key order, joined by "/"; "" outside a sweep."""
+    short = {key: str(key).partition(".")[2] or str(key) for key in sweep}
+    names = list(short.values())
+    parts = []
+    for key in sorted(sweep, key=str):
+        value = sweep[key]
+        shown = f"{value:g}" if isinstance(value, float) else str(value)
+        parts.append(f"{short[key] if names.count(short[key]) == 1 else key}={shown}")
+    return "/".join(parts)
 
 
 class ConfigError(UserError):

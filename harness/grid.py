@@ -257,7 +257,7 @@ def plan_json(spec: GridSpec) -> list[dict[str, Any]]:
             "steps": c.cfg.steps,
             "lr": c.cfg.lr if c.known else None,
             "cell_id": c.cfg.cell_id if c.known else None,
-            "run_name": c.cfg.run_name if c.known else None,
+            "run_name": c.cfg.run_name_at(c.group.sweep) if c.known else None,
         }
         for c in planned_cells(spec)
     ]

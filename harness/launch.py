@@ -48,7 +48,16 @@ from harness.progress import GridProgress
 from harness.retry import RetryingClient, TrackingUnreachable, tracking_deadline
 from harness.spec import GridSpec
 from harness.store import is_http
-from harness.tracking import MlflowRunLogger, environment_tags, experiment_id, git_commit, run_tags
+from harness.tracking import (
+    MlflowRunLogger,
+    context_tags,
+    environment_tags,
+    experiment_id,
+    git_commit,
+    run_tags,
+)
+from harness.ui import VIEW_TAG, grid_view
+from tasks import get_task
 
 
 class ArtifactWriteError(UserError):
@@ -129,8 +138,12 @@ class Launcher:
 
     # planning --------------------------------------------------------------------------
     def prepare(self) -> None:
+        self.context = context_tags()  # MLflow's run context, once per launch
         runs = schema.search_all(self.client, self.exp_id, schema.grid_filter(self.spec.name))
         self.parent_id = self._parent(runs)
+        # The view `harness ui EXPERIMENT` opens: this grid's final runs, columns to compare
+        metrics = [get_task(task.name).metric.name for task in self.spec.tasks]
+        self.client.set_experiment_tag(self.exp_id, VIEW_TAG, grid_view(metrics, self.spec.sweep))
         self._mark_stale(runs)
         self.done = schema.finished_by_cell(runs)
         for group in self.groups:
@@ -176,7 +189,7 @@ class Launcher:
             parent_id = parents[0].info.run_id
             self.client.update_run(parent_id, status="RUNNING")
         else:
-            tags = {schema.GRID: self.spec.name, schema.VERSION: harness.__version__}
+            tags = self.context | {schema.GRID: self.spec.name, schema.VERSION: harness.__version__}
             if git_commit():
                 tags[schema.GIT_COMMIT] = git_commit()
             run = self.client.create_run(self.exp_id, run_name=self.spec.name, tags=tags)
@@ -237,12 +250,12 @@ class Launcher:
 
     def _start(self, cfg: RunConfig, group: Group) -> Job:
         started = time.perf_counter()
-        tags = run_tags(cfg, self.spec.name, group.sweep)
+        tags = self.context | run_tags(cfg, self.spec.name, group.sweep)
         if cfg.phase == "tune" and self.spec.tuning.scheduler == "halving":
             budgets = [steps for steps, _ in tune_rungs(self.spec, group)]
             tags[schema.RUNG] = f"{budgets.index(cfg.steps)}/{len(budgets)}"
         logger = MlflowRunLogger.create(
-            self.client, self.exp_id, cfg.run_name, tags, self.parent_id
+            self.client, self.exp_id, cfg.run_name_at(group.sweep), tags, self.parent_id
         )
         # RUNNING in the store from here on: every stop marks it
         self.in_flight[logger.run_id] = _Started(cfg, group, tags.get(schema.METRIC, ""))

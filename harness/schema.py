@@ -26,6 +26,7 @@ ERROR = "harness.error"  # the last line of what went wrong
 VERSION = "harness.version"
 GIT_COMMIT = "harness.git_commit"
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own, so its UI shows the commit
+MLFLOW_GIT_PREFIX = "mlflow.source.git."  # MLflow's git tags: commit, branch, repoURL
 PARENT = "mlflow.parentRunId"
 METRIC = "harness.metric"  # the task's metric name, e.g. "acc" or "bpc"
 TARGET = "harness.target"  # the task's target value of that metric
@@ -39,6 +40,14 @@ RUNG = "harness.rung"  # tune cells under successive halving: "k/n", rung k (fro
 NO_ATTENTION_MAPS = "harness.no_attention_maps"  # why a finished run has no attention_maps.png
 NO_ATTENTION_STATS = "harness.no_attention_stats"  # why a run has no attn/* diagnostics
 ENV_PREFIX = "env."  # software and hardware versions, on the grid's parent
+
+# MLflow's own tags, set by the harness. On runs: besides PARENT and MLFLOW_GIT_COMMIT, those
+# of MLflow's run context (mlflow.user, mlflow.source.name, mlflow.source.type, git branch).
+# On experiments the harness creates or launches into: the kind of experiment (what the UI's
+# experiment-kind selector writes), and the runs-table view of the last grid launched there.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"  # EXPERIMENT_KIND's value for training runs
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # + a key that `viewStateShareKey=` names
 
 # --------------------------------------------------------------------------- params
 # Besides these, every resolved hyper-parameter as a dotted name ("model.d_model", "optim.*").

@@ -16,12 +16,24 @@ from pathlib import Path
 from harness.errors import UserError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+EXPERIMENT_VARIABLE = "MLFLOW_EXPERIMENT_NAME"
 CONNECT_TIMEOUT = 5.0  # seconds to wait for a tracking server's first answer
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else ./mlflow.db (MLflow's own default)."""
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def resolve_experiment(flag: str | None, default: str) -> str:
+    """--experiment, else MLFLOW_EXPERIMENT_NAME (MLflow's variable), else `default`; a name
+    given either way obeys the rule of a grid's `name:`."""
+    from harness.spec import check_experiment_name
+
+    if flag is not None:
+        return check_experiment_name(flag)
+    name = os.environ.get(EXPERIMENT_VARIABLE)
+    return check_experiment_name(name, EXPERIMENT_VARIABLE) if name else default
 
 
 def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT, existing: bool = False) -> None:

@@ -49,11 +49,40 @@ MAX_ENTITIES_PER_BATCH = 1000
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of experiment `name`, created if missing."""
+    """The id of experiment `name`, created if missing, marked as a model-training experiment
+    (MLflow's `mlflow.experimentKind`). An experiment made before the harness marked them is
+    marked when the harness launches into it; a kind someone chose in the UI is kept."""
+    kind = {schema.EXPERIMENT_KIND: schema.MODEL_TRAINING}
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    return client.create_experiment(name)
+    if found is None:
+        return client.create_experiment(name, tags=kind)
+    if schema.EXPERIMENT_KIND not in found.tags:
+        client.set_experiment_tag(found.experiment_id, *kind.popitem())
+    return found.experiment_id
+
+
+def context_tags() -> dict[str, str]:
+    """MLflow's run-context tags (`resolve_tags`: mlflow.user, mlflow.source.name and
+    .type, the git commit and branch of the entry point, MLFLOW_RUN_CONTEXT's), once per
+    process: the git look-up takes about 0.2 s, so a launch asks once, not once per cell.
+
+    The harness's own commit (`git_commit`) wins over the entry point's; where the two
+    differ, the entry point's branch and repository URL go too, so a run never names the
+    commit of one checkout with the branch of another."""
+    return dict(_context_tags())
+
+
+@functools.cache
+def _context_tags() -> dict[str, str]:
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = resolve_tags()
+    ours = git_commit()
+    if ours and tags.get(schema.MLFLOW_GIT_COMMIT, ours) != ours:
+        tags = {k: v for k, v in tags.items() if not k.startswith(schema.MLFLOW_GIT_PREFIX)}
+    if ours:
+        tags[schema.MLFLOW_GIT_COMMIT] = ours
+    return tags
 
 
 @functools.cache

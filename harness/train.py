@@ -33,6 +33,7 @@ from harness.progress import StepProgress
 from harness.tracking import (
     MlflowRunLogger,
     StepMetrics,
+    context_tags,
     environment_tags,
     experiment_id,
     run_tags,
@@ -109,7 +110,7 @@ def train_run(
     prepared = prepare(cfg)  # the user's mistakes surface here, before any run exists
     client = MlflowClient(tracking_uri)
     exp_id = experiment_id(client, experiment)
-    tags = run_tags(cfg, grid) | ({} if parent_run_id else environment_tags())
+    tags = context_tags() | run_tags(cfg, grid) | ({} if parent_run_id else environment_tags())
     logger = MlflowRunLogger.start_run(
         client, exp_id, cfg.run_name, cfg.flat_params(), tags, parent_run_id
     )

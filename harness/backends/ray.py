@@ -101,6 +101,9 @@ class CellWorker:
     def __init__(
         self, threads: int, accelerator: str, tracking_uri: str | None, queue: Any, deadline: float
     ) -> None:
+        from harness.telemetry import off_unless_chosen
+
+        off_unless_chosen()  # before MLflow is imported: a cluster's node has its own variables
         import torch
         from mlflow import MlflowClient
 

@@ -47,6 +47,7 @@ from harness.report.fetch import (
     history_requests,
     offset,
 )
+from harness.ui import run_url
 
 AXES = ("task", "attention", "optimizer")  # what the grid orders; rows and legends follow it
 RUN_COLUMNS = [
@@ -95,7 +96,7 @@ class Experiment:
     order: Order = field(default_factory=Order)  # the grid's order of tasks, kinds, optimizers
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.ui_url}/#/experiments/{self.id}/runs/{run_id}"
+        return run_url(self.ui_url, self.id, run_id)
 
     @property
     def final(self) -> pd.DataFrame:

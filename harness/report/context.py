@@ -18,6 +18,7 @@ from harness import schema
 from harness.report import stats
 from harness.report.collect import Experiment
 from harness.report.figures import ACROSS, Drawn
+from harness.ui import compare_url
 
 
 def build_context(exp: Experiment, numbers: stats.Statistics, drawn: Drawn) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def _context(exp: Experiment, numbers: stats.Statistics, drawn: Drawn) -> dict[s
         "version": harness.__version__,
         "winners": [_winner(w, table) for w in numbers.winners.itertuples()],
         "ranking": numbers.ranking.to_dict("records"),
-        "results": _results(table),
+        "results": _results(table, exp),
         "figure_groups": _figure_groups(drawn, table),
         "gallery": [{**f.details, "path": f.path} for f in drawn.files if f.scope == "maps"],
         "gallery_notes": drawn.notes.get("maps", []),
@@ -132,7 +133,7 @@ def _winner(w: Any, table: pd.DataFrame) -> dict[str, Any]:
     return {**w._asdict(), "metric_text": _metric_text(first)}
 
 
-def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
+def _results(table: pd.DataFrame, exp: Experiment) -> list[dict[str, Any]]:
     tasks = []
     for task, rows in table.groupby("task", sort=False):
         first = rows.iloc[0]
@@ -151,6 +152,10 @@ def _results(table: pd.DataFrame) -> list[dict[str, Any]]:
                     {
                         **r._asdict(),
                         "best": i in best,
+                        # MLflow's comparison of the row's runs (its n seeds)
+                        "compare_url": compare_url(exp.ui_url, exp.id, r.run_ids)
+                        if len(r.run_ids)
+                        else None,
                         "mean_sort": _sort(r.mean),
                         "std_sort": _sort(r.std),
                         "ci_low_sort": _sort(r.ci_low),
