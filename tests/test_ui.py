@@ -10,6 +10,7 @@ prints is `test_the_address_harness_ui_prints_shows_the_grids_runs` (slow; needs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -245,6 +246,7 @@ def test_harness_ui_stops_every_process_it_started(
     env = {k: v for k, v in os.environ.items() if k not in TELEMETRY} | user_env
     harness = subprocess.Popen(command, cwd=tmp_path, env=env, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    server = None
     try:
         line = harness.stdout.readline()
         deadline = time.monotonic() + 120
@@ -258,17 +260,21 @@ def test_harness_ui_stops_every_process_it_started(
         assert len(started) >= 2  # MLflow's command and its uvicorn server, at least
         server_env = _environ(server)
         harness.send_signal(signum)
-        _, err = harness.communicate(timeout=30)
+        code = harness.wait(timeout=30)
+        left = [pid for pid in started if _processes().get(pid, (0, 0, "Z"))[2] != "Z"]
+        err = harness.stderr.read() if not left else ""  # open while a server process lives
     finally:
         if harness.poll() is None:
             harness.kill()
-    assert harness.returncode == 0, err
+        if server is not None:  # a failed test leaves nothing listening either
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server, signal.SIGKILL)
+    assert left == []
+    assert code == 0, err
     assert "Traceback" not in err and "stopped" in err
     assert not _listening(port)
-    table = _processes()
-    left = [pid for pid, (_, session, state) in table.items()
-            if (pid in started or session == server) and state != "Z"]  # fmt: skip
-    assert left == []
+    assert [pid for pid, (_, session, state) in _processes().items()
+            if session == server and state != "Z"] == []  # fmt: skip
     assert f": http://127.0.0.1:{port}  (Ctrl-C stops it)" in line
     if user_env:
         assert "MLFLOW_DISABLE_TELEMETRY" not in server_env  # the user chose DO_NOT_TRACK
