@@ -120,7 +120,7 @@ def test_a_launch_follows_mlflows_conventions(
     the view `harness ui` opens; every run has MLflow's context tags; names carry the sweep."""
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "from_env")
     path = write_grid(tmp_path, "swept")
-    assert main(["run", str(path), "--tracking-uri", tracking_uri, "--workers", "2",
+    assert main(["run", str(path), "--tracking-uri", tracking_uri, "--workers", "1",
                  "--no-progress"]) == 0  # fmt: skip
     assert client.get_experiment_by_name("swept") is None
     exp = client.get_experiment_by_name("from_env")
