@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats as st
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -519,7 +520,7 @@ def test_the_winner_is_judged_only_by_the_pre_specified_comparisons(
     assert row["winner"] == "multihead + adam" and row["n"] == "7"
     how = row["how sure"]
     assert how.startswith("not significantly different from ")
-    assert "dot + adam (Holm p = " in how and "multihead + sgd (Holm p = " in how
+    assert "dot + adam" in how and "multihead + sgd" in how and "Holm p = " in how
     assert "needs at least 8 seeds (here 7)" in how
     assert how.endswith(
         "not compared directly with dot + sgd (they differ in two factors, or in the sweep point)"
@@ -792,3 +793,31 @@ def test_halving_rungs_are_read_as_each_rates_longest_run_and_missing_ones_by_sl
     assert missing[["phase", "seed", "state"]].values.tolist() == [["tune", 0, "killed"]]
     missing = missing_cells(plan, pd.DataFrame(rung0))
     assert missing.state.tolist() == ["never started"] * 2
+
+
+def test_a_difference_interval_stays_within_what_the_metric_allows(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """Three seeds whose paired differences disagree widely: mean +- t(2) * se reaches past
+    +1 accuracy, which no difference of two accuracies can; the interval stops at 1."""
+    runs = []
+    for seed, (a, b) in enumerate([(103, 10), (103, 93), (103, 99)], start=1):
+        runs += [Run("dot", "adam", seed, correct_with(a, seed)),
+                 Run("multihead", "adam", seed, correct_with(b, 10 + seed))]  # fmt: skip
+    write_experiment(client, "wide", runs)
+    exp, sc, _ = analyse(client, "wide")
+    diffs = np.array([a - b for a, b in [(103, 10), (103, 93), (103, 99)]]) / N_TEST
+    half = st.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert diffs.mean() + half > 1  # the unclipped interval would be impossible
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.diff_high == 1.0
+    assert c.diff_low == pytest.approx(diffs.mean() - half, abs=0.05)  # test-set part adds a bit
+    ((row,),) = tables(report_html(client, "wide", tmp_path), "comparisons")
+    assert row["95% CI"].endswith("– 1.0000")
+
+
+def test_a_winners_verdict_says_a_shared_reason_once() -> None:
+    from harness.report.stats.winners import _grouped
+
+    text = _grouped([("a", "Holm p = 1; why"), ("b", "Holm p = 0.5"), ("c", "Holm p = 1; why")])
+    assert text == "a and c (each Holm p = 1; why), or from b (Holm p = 0.5)"
