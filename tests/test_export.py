@@ -9,9 +9,12 @@ module by the README's own Python example run verbatim, backs the tests that nee
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +143,12 @@ def test_export_writes_every_table_in_every_format(
     assert "NaN" not in text and "Infinity" not in text
     records = json.loads(text)
     assert [r["mean"] for r in records] == results["mean"].tolist()  # to the last digit
+    assert [r["ci_low"] for r in records] == results.ci_low.tolist()
     assert all(r["chance"] is None for r in records)  # make_experiment records no chance level
     never = [r for r in records if r["reached"] == 0]
     assert never and all(r["ttt_steps"] is None for r in never)  # never reached: inf -> null
-    assert json.loads((out / "runs.json").read_text())[0]["start_time"].endswith("Z")
+    started = json.loads((out / "runs.json").read_text())[0]["start_time"]
+    assert dt.datetime.fromisoformat(started) == runs.start_time[0]  # ISO 8601, UTC
     check_latex((out / "results.tex").read_text(), [*LATEX_COLUMNS["results"]])
     check_latex((out / "comparisons.tex").read_text(), [*LATEX_COLUMNS["comparisons"]])
 
@@ -247,6 +252,18 @@ def test_reading_functions_raise_user_errors(
     with pytest.raises(UserError, match="--format 'docx'"):
         harness.report("nope", formats=["docx"], tracking_uri=tracking_uri)
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "reports").exists()
+
+
+def test_the_api_loads_nothing_heavy_until_called() -> None:
+    """`import harness` and reaching its functions import neither torch nor MLflow nor pandas
+    (`harness --help` stays fast); `harness.report` is the report package, callable."""
+    code = (
+        "import sys, harness; fns = [harness.run_grid, harness.load_runs, harness.results, "
+        "harness.export]; print(sorted({'torch', 'mlflow', 'pandas'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert callable(harness.report) and harness.report.build_report.__module__ == "harness.report"
 
 
 def test_the_default_store_is_the_working_folders_at_each_call(

@@ -11,7 +11,8 @@ Files hold flat, typed columns: `run_ids` is one space-separated string, `lr` th
 (NaN when a configuration's final runs used several rates), the swept values of a results row
 one column per swept key (`model.d_k`), and a run's hyper-parameters and data facts one column
 per dotted MLflow param (`model.d_model`, `data.n_train`), numbers as numbers. JSON is a list
-of records with NaN and infinity as null (infinity is a target never reached: see `reached`).
+of records, numbers to the last digit, NaN and infinity as null (infinity is a target never
+reached: see `reached`), times in ISO 8601.
 LaTeX is a `tabular` fragment of the results and the comparisons (a subset of columns, for a
 paper: `\\input{results.tex}` inside a `table`; no package needed); the runs table, one row per
 run, is not a table for a paper and is not written as LaTeX.
@@ -204,8 +205,24 @@ def _parquet(frame: pd.DataFrame, path: Path, table: str, title: str) -> None:
 
 
 def _json(frame: pd.DataFrame, path: Path, table: str, title: str) -> None:
-    """Records; NaN and infinity as null (pandas writes both as null), timestamps ISO 8601."""
-    frame.to_json(path, orient="records", date_format="iso", indent=1, double_precision=15)
+    """Records, numbers to the last digit (Python's shortest round-trip form); NaN, infinity and
+    missing values as null, timestamps in ISO 8601."""
+    records = [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict("records")]
+    text = json.dumps(records, indent=1, allow_nan=False, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _plain(value: Any) -> Any:
+    """A cell as JSON holds it."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _latex(frame: pd.DataFrame, path: Path, table: str, title: str) -> None:
@@ -259,7 +276,8 @@ def latex_table(frame: pd.DataFrame, table: str, title: str = "") -> str:
     formatted, missing values as --, every special character escaped (pandas' LaTeX escaping
     of the Styler: & % $ # _ { } ~ ^ \\); plain `\\hline` rules, so it needs no package."""
     formats = LATEX_COLUMNS[table]
-    columns = [c for c in formats if c != "sweep" or (frame.get("sweep", pd.Series()) != "").any()]
+    swept = "sweep" in frame and bool((frame["sweep"] != "").any())
+    columns = [c for c in formats if c != "sweep" or swept]
     text = pd.DataFrame(
         {c: [_cell(v, formats[c]) for v in frame[c]] for c in columns}, index=range(len(frame))
     )
@@ -267,8 +285,9 @@ def latex_table(frame: pd.DataFrame, table: str, title: str = "") -> str:
     rule = [{"selector": s, "props": ":hline;"} for s in ("toprule", "midrule", "bottomrule")]
     styler = text.style.hide(axis="index").format(escape="latex")
     styler = styler.format_index(escape="latex", axis=1).set_table_styles(rule)
-    header = f"% {table} of experiment {title}, written by attention-harness\n" if title else ""
-    return header.replace("\n", " ").rstrip() + "\n" + styler.to_latex(column_format=align)
+    about = f"{table} of experiment {title}" if title else table
+    comment = " ".join(f"{about}, written by attention-harness".split())  # one line
+    return f"% {comment}\n" + styler.to_latex(column_format=align)
 
 
 def _cell(value: Any, fmt: Callable[[Any], str] | None) -> str:
