@@ -19,8 +19,11 @@ optimizer x sweep point through `harness.config.resolve` (the registries' parame
 whose errors name the dotted key at fault, mapped back to the grid field that set it; so a grid
 that loads can be launched. harness.spec_schema gives the file's JSON Schema (`harness schema`).
 
-About 420 lines: the grid file's whole contract with users (its models, how overrides combine,
-and every error message) reads in one place.
+`apply_sets` applies `harness run --set KEY=VALUE` overrides to a loaded grid, checked the same
+way, its errors naming `--set KEY`.
+
+About 530 lines: the grid file's whole contract with users (its models, how overrides combine,
+`--set` included, and every error message) reads in one place.
 """
 
 from __future__ import annotations
