@@ -12,7 +12,9 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -157,6 +159,11 @@ def report_html(client: MlflowClient, name: str, tmp_path: Path) -> str:
     return (out / "report.html").read_text()
 
 
+def findings(html: str) -> list[str]:
+    """The summary's sentences, as text."""
+    return [unescape(f) for f in re.findall(r'<p class="finding">(.*?)</p>', html, re.S)]
+
+
 def row_of(table, attention: str, optimizer: str = "adam"):
     rows = table[(table.attention == attention) & (table.optimizer == optimizer)]
     assert len(rows) == 1
@@ -183,7 +190,16 @@ def test_two_seeds_of_constant_different_scores_are_not_significant_and_say_why(
     needs = "with 1 comparison, an exact paired test needs at least 6 seeds (here 2)"
     assert row["reason"] == needs
     summary_text = html.split('id="results"')[0]
-    assert f"No difference is significant after correction: {needs}" in summary_text
+    # by construction nothing can reject here: said first, as a property of the design
+    first = findings(html)[0]
+    assert first.startswith("With 2 seeds and 1 comparison, no test here can reject")
+    assert "2^(1-2) = 0.5" in first and "property of the design" in first
+    assert "No difference is significant after correction" not in summary_text
+    # intervals beside Holm-adjusted p are per comparison; P(A > B)'s from 2 seeds is marked
+    assert row["95% CI of P (unadjusted)"].endswith("*") and row["95% CI (unadjusted)"]
+    assert "marked *" in html.split('id="comparisons"')[1]
+    # the summary's best mean rank carries the few-seeds caveat
+    assert "with 2 seeds per configuration (fewer than 5)" in summary_text
     (summary,) = tables(html, "summary")
     assert summary[0]["winner"] == "multihead + adam" and summary[0]["n"] == "2"
     assert summary[0]["how sure"] == (
@@ -202,14 +218,17 @@ def test_six_seeds_of_clearly_separated_scores_are_significant(
     html = report_html(client, "six", tmp_path)
     ((row,),) = tables(html, "comparisons")
     assert row["n"] == "6" and row["p seeds"] == "0.0312"  # 2 / 2^6, exact
-    assert float(row["p two-way bootstrap"]) < 0.01
+    assert float(row["p two-way bootstrap (check, not a test)"]) < 0.01
+    assert not row["95% CI of P (unadjusted)"].endswith("*")  # 6 seeds: not marked
     assert row["p"] == row["p seeds"] and row["p (Holm)"] == row["p seeds"]  # m = 1
     assert row["result"] == "multihead better" and row["reason"] == ""
     assert float(row["P(A>B)"]) == 0.0  # every dot run is worse than every multihead run
-    low, high = (float(x) for x in row["95% CI"].split(" – "))
+    low, high = (float(x) for x in row["95% CI (unadjusted)"].split(" – "))
     assert low < float(row["A − B"]) < high < 0
     assert "On text_cls, multihead + adam beats dot + adam: accuracy" in html
     assert "No difference is significant" not in html
+    assert "no test here can reject" not in html  # 6 seeds, 1 comparison: a test can
+    assert "fewer than 5) the seed bootstrap" not in html
 
 
 def test_intervals_include_the_test_set_when_seeds_agree(client: MlflowClient) -> None:
@@ -813,7 +832,7 @@ def test_a_difference_interval_stays_within_what_the_metric_allows(
     assert c.diff_high == 1.0
     assert c.diff_low == pytest.approx(diffs.mean() - half, abs=0.05)  # test-set part adds a bit
     ((row,),) = tables(report_html(client, "wide", tmp_path), "comparisons")
-    assert row["95% CI"].endswith("– 1.0000")
+    assert row["95% CI (unadjusted)"].endswith("– 1.0000")
 
 
 def test_a_winners_verdict_says_a_shared_reason_once() -> None:
