@@ -3,9 +3,9 @@
 Heavy imports (torch, Lightning, MLflow) happen inside the commands that need them, so
 `harness --help` answers at once.
 
-About 450 lines: one parser and one short handler per subcommand (list, schema, train, run,
-status, report, ui), each reading as one screen; the work itself lives in the
-modules they call.
+About 510 lines: one parser and one short handler per subcommand (list, schema, train, run,
+status, report, export, ui), each reading as one screen; the work itself lives in the
+modules they call (`harness run`, `report` and `export` share theirs with harness.api).
 """
 
 from __future__ import annotations
@@ -63,9 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else train)"
     )
-    p.add_argument(
-        "--accelerator", default="auto", help="Lightning accelerator: auto (default), cpu, gpu"
-    )
+    _add_accelerator(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_train)
@@ -82,7 +80,15 @@ def _parser() -> argparse.ArgumentParser:
         "--experiment",
         help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else the grid's name)",
     )
-    p.add_argument("--accelerator", default="auto", help="Lightning accelerator (default: auto)")
+    _add_accelerator(p)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a parameter of every cell, e.g. model.d_model=32 or budget.steps=50 "
+        "(repeatable; wins over the grid file)",
+    )
     p.add_argument("--cells-per-gpu", **backends.CELLS_PER_GPU_FLAG)
     p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -109,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_report)
 
+    p = sub.add_parser("export", help="an experiment's results as data files (CSV, Parquet, ...)")
+    p.add_argument("experiment", help="MLflow experiment name (a grid's name)")
+    p.add_argument("--out", type=Path, help="output folder (default: reports/EXPERIMENT)")
+    p.add_argument(
+        "--format",
+        default="csv",
+        help="comma-separated: csv, parquet, latex, json (default: csv); writes results, "
+        "comparisons and runs tables (LaTeX: results and comparisons)",
+    )
+    _add_tracking_uri(p)
+    p.set_defaults(handler=cmd_export)
+
     p = sub.add_parser("ui", help="browse the runs in the MLflow UI (Ctrl-C stops it)")
     p.add_argument(
         "experiment",
@@ -123,6 +141,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_ui)
     return parser
+
+
+def _add_accelerator(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--accelerator",
+        default="auto",
+        help="Lightning accelerator: auto (default: the GPU when torch sees one), cpu, gpu, "
+        "cuda, mps",
+    )
 
 
 def _add_tracking_uri(p: argparse.ArgumentParser) -> None:
@@ -208,6 +235,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from harness.store import check_tracking_uri, resolve_experiment, resolve_tracking_uri
 
     experiment = resolve_experiment(args.experiment, "train")
+    from harness.preflight import check_accelerator
+
+    check_accelerator(args.accelerator)
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri)
     cfg = resolve(
@@ -247,41 +277,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from harness.api import check_run, launch
+    from harness.config import parse_set_options
     from harness.grid import plan
-    from harness.spec import load_grid
-    from harness.store import resolve_experiment
 
-    spec = load_grid(args.grid)
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers {args.workers}: must be >= 1")
-    options = backends.chosen_options(args)
-    experiment = resolve_experiment(args.experiment, spec.name)
-    from harness.launch import Launcher
-    from harness.preflight import check_cells
-    from harness.train import quiet_libraries
-
-    quiet_libraries()
-    here = backends.workers_here(args.backend, args.workers, options)
+    checked = check_run(
+        args.grid,
+        sets=parse_set_options(args.set),
+        workers=args.workers,
+        backend=args.backend,
+        options=backends.chosen_options(args),
+        experiment=args.experiment,
+        accelerator=args.accelerator,
+    )
     if args.dry_run:
-        check_cells(spec, here)  # every cell's data and model, as a real run checks them first
-        _print_plan(spec, plan(spec), args.workers or os.cpu_count() or 1)
+        from harness.preflight import check_cells
+
+        check_cells(checked.spec, checked.workers_here)  # as a real run checks them first
+        _print_plan(checked.spec, plan(checked.spec), args.workers or os.cpu_count() or 1)
         return 0
-    from mlflow import MlflowClient
-
-    from harness.store import check_tracking_uri, resolve_tracking_uri
-
-    uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking_uri(uri)
-    backends.check(args.backend, uri, options)
-    check_cells(spec, here)  # every bad value stops here, before any run exists
-    console = Console(stderr=True)
-    launcher = Launcher(
-        spec, MlflowClient(uri), experiment, args.workers, args.accelerator, console,
-        progress=not args.no_progress, backend=args.backend, backend_options=options,
-    )  # fmt: skip
-    launcher.prepare()
     try:
-        outcome = launcher.run()
+        outcome, uri = launch(
+            checked, args.tracking_uri, Console(stderr=True), progress=not args.no_progress
+        )
     except KeyboardInterrupt:
         print(
             "interrupted: running cells stopped and marked KILLED; "
@@ -289,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    _print_outcome(outcome, experiment, uri)
+    _print_outcome(outcome, checked.experiment, uri)
     return 1 if outcome.failed else 0
 
 
@@ -348,38 +366,34 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from mlflow import MlflowClient
-
-    from harness.report import FORMATS, build_report, check_out_folder
-    from harness.report.collect import find_experiment
+    from harness.api import build
+    from harness.report.output import default_folder
     from harness.report.progress import RichProgress
-    from harness.store import check_tracking_uri, resolve_tracking_uri
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    unknown = sorted(set(formats) - set(FORMATS))
-    if unknown or not formats:
-        raise UserError(f"--format {args.format!r}: choose from {', '.join(FORMATS)}")
-    uri = resolve_tracking_uri(args.tracking_uri)
-    check_tracking_uri(uri, existing=True)
-    ui_url = args.ui_url or (uri if uri.startswith(("http://", "https://")) else None)
-    out = args.out or Path("reports") / _safe_folder(args.experiment)
-    check_out_folder(out, "--out" if args.out else "report folder")
-    client = MlflowClient(uri)
-    find_experiment(client, args.experiment)  # a bad name ends here, before any output
     try:
         with RichProgress(enabled=not args.no_progress) as progress:
-            made = build_report(
-                client,
-                args.experiment,
-                out,
-                formats,
-                ui_url=ui_url or "http://127.0.0.1:5000",
-                progress=progress,
-            )
+            made = build(
+                args.experiment, args.out, formats=formats, tracking_uri=args.tracking_uri,
+                ui_url=args.ui_url, progress=progress,
+            )  # fmt: skip
     except KeyboardInterrupt:
+        out = args.out or default_folder(args.experiment)
         print(f"interrupted: no report written; {out} is as it was", file=sys.stderr)
         return 130
     for path in made.files:
+        print(path)
+    if made.data:
+        print(f"data: {', '.join(p.name for p in made.data)} (in {made.folder})")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from harness.api import export
+
+    for path in export(
+        args.experiment, args.out, formats=args.format, tracking_uri=args.tracking_uri
+    ):
         print(path)
     return 0
 
@@ -474,12 +488,6 @@ def _open(url: str) -> None:
 
     if not webbrowser.open(url):
         print(f"no web browser found here: open {url}", file=sys.stderr)
-
-
-def _safe_folder(name: str) -> str:
-    """An experiment name as one folder name (no separators, no leading dots)."""
-    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
-    return cleaned or "experiment"
 
 
 def _browse_hint(uri: str, experiment: str) -> str:

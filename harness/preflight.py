@@ -2,7 +2,7 @@
 failed run: every distinct task's data and model is built once (task parameters, corpus
 paths, attention parameters), and, when its cells run on this machine, each configuration
 must fit in its memory with the grid's workers at once (harness.memory). `harness run` calls
-it, `--dry-run` included."""
+it, `--dry-run` included. `check_accelerator` checks `--accelerator` of `run` and `train`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,28 @@ import json
 from harness.errors import UserError
 from harness.grid import final_cells, groups
 from harness.spec import GridSpec
+
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")  # Lightning names of one device kind
+
+
+def check_accelerator(name: str, here: bool = True) -> str:
+    """`--accelerator` is one of ACCELERATORS and, when cells train `here` (on this machine),
+    a GPU it asks for is one torch sees: otherwise Lightning would fail inside the first run.
+    (Cells on a Ray cluster train elsewhere: its GPUs are not checked here.)"""
+    if name not in ACCELERATORS:
+        raise UserError(f"--accelerator {name!r}: choose from {', '.join(ACCELERATORS)}")
+    if not here or name in ("auto", "cpu"):
+        return name
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = torch.backends.mps.is_available()
+    found = {"gpu": cuda or mps, "cuda": cuda, "mps": mps}[name]
+    if not found:
+        what = {"gpu": "GPU (CUDA or MPS)", "cuda": "CUDA GPU", "mps": "MPS device"}[name]
+        raise UserError(f"--accelerator {name}: torch sees no {what} on this machine "
+                        "(use auto or cpu)")  # fmt: skip
+    return name
 
 
 def check_cells(spec: GridSpec, workers_here: int | None = None) -> None:

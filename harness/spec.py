@@ -19,8 +19,11 @@ optimizer x sweep point through `harness.config.resolve` (the registries' parame
 whose errors name the dotted key at fault, mapped back to the grid field that set it; so a grid
 that loads can be launched. harness.spec_schema gives the file's JSON Schema (`harness schema`).
 
-About 420 lines: the grid file's whole contract with users (its models, how overrides combine,
-and every error message) reads in one place.
+`apply_sets` applies `harness run --set KEY=VALUE` overrides to a loaded grid, checked the same
+way, its errors naming `--set KEY`.
+
+About 530 lines: the grid file's whole contract with users (its models, how overrides combine,
+`--set` included, and every error message) reads in one place.
 """
 
 from __future__ import annotations
@@ -283,6 +286,90 @@ def entry_steps(spec: GridSpec, task: int) -> int | None:
     return spec.budget.steps if steps is None else steps
 
 
+# --------------------------------------------------------------------------- --set
+
+
+BUDGET_KEYS = ("budget.steps", "budget.val_every")
+_REGISTRIES: dict[str, tuple[str, Any]] = {  # section -> (the spec's list, its registry)
+    "task": ("tasks", TASKS),
+    "attention": ("attention", ATTENTION),
+    "optim": ("optimizers", OPTIMIZERS),
+}
+
+
+def apply_sets(spec: GridSpec, sets: Mapping[str, Any]) -> GridSpec:
+    """The grid with `harness run --set KEY=VALUE` overrides, which win over the grid file.
+
+    Keys are those of `harness train --set`: `model.*` and `train.*` set the grid's `model:`
+    and `train:` for every cell; `task.*`, `attention.*` and `optim.*` set that parameter in
+    every entry whose task, kind or optimizer has it (an error when none has). `budget.steps`
+    sets every task's steps (entries' own `steps:` included), `budget.val_every` (or
+    `train.val_every`) the steps between validations. A key the grid sweeps over cannot be
+    set. Every value is checked as the grid file's are, errors naming `--set KEY`; the result
+    is what the launcher records as the grid's `grid.yaml`.
+    """
+    if not sets:
+        return spec
+    keys = {_val_every(key) for key in sets}
+    if len(keys) < len(sets):
+        raise UserError("--set budget.val_every and --set train.val_every: set it once")
+    data = spec.model_dump(mode="json")
+    for key, value in sets.items():
+        _set_one(spec, data, key, value)
+    source = "--set " + " ".join(f"{key}={value!r}" for key, value in sets.items())
+    try:
+        new = GridSpec.model_validate(data)
+    except ValidationError as err:  # budget.steps: the one value GridSpec itself checks
+        raise UserError(f"--set {_describe(err.errors(include_url=False)[0], data)}") from None
+    try:
+        _check_duplicates(new)
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+    origins = {_val_every(key): f"--set {key}" for key in sets}
+    _check_combinations(new, origins)
+    return new
+
+
+def _val_every(key: str) -> str:
+    return "train.val_every" if key == "budget.val_every" else key
+
+
+def _set_one(spec: GridSpec, data: dict[str, Any], key: str, value: Any) -> None:
+    """Put one override into the spec's data (GridSpec.model_dump), after checking its key."""
+    section, _, name = key.partition(".")
+    if _val_every(key) in spec.sweep:
+        raise UserError(f"--set {key}: the grid sweeps over it (sweep.{_val_every(key)}); "
+                        "change the sweep")  # fmt: skip
+    if key in BUDGET_KEYS or key == "train.val_every":
+        if key == "budget.steps":
+            data["budget"]["steps"] = value
+            for task in data["tasks"]:
+                task["steps"] = None
+        else:  # one place for it: train.val_every, as combination_overrides reads it
+            data["budget"]["val_every"] = None
+            data["train"]["val_every"] = value
+        return
+    if section not in ("model", "train", *_REGISTRIES) or not name:
+        raise UserError(
+            f"--set {shown_key(key)}: unknown key (keys look like SECTION.NAME with SECTION "
+            f"one of: task, model, attention, optim, train; or {', '.join(BUDGET_KEYS)})"
+        )
+    if section in ("model", "train"):
+        data[section][name] = value
+        return
+    field, registry = _REGISTRIES[section]
+    having = [e for e in data[field] if name in registry[e["name"]].params.model_fields]
+    if not having:
+        names = {e["name"] for e in data[field]}
+        choices = sorted({f"{section}.{n}" for e in names for n in registry[e].params.model_fields})
+        raise UserError(
+            f"--set {key}: no entry of the grid's {field} ({', '.join(sorted(names))}) has "
+            f"this parameter (choose from: {', '.join(choices) or 'none'})"
+        )
+    for entry in having:
+        entry["params"][name] = value
+
+
 # --------------------------------------------------------------------------- loading
 
 
@@ -412,12 +499,16 @@ def _check_duplicates(spec: GridSpec) -> None:
             seen.append(key)
 
 
-def _check_combinations(spec: GridSpec) -> None:
-    """Resolve every task x attention x optimizer x sweep point as a run would."""
+def _check_combinations(spec: GridSpec, origins: Mapping[str, str] | None = None) -> None:
+    """Resolve every task x attention x optimizer x sweep point as a run would; `origins`
+    names where a dotted key was set when that was not the grid file (`--set model.d_k`)."""
     indices = (range(len(spec.tasks)), range(len(spec.attention)), range(len(spec.optimizers)))
     for t, a, o in itertools.product(*indices):
         for point in spec.sweep_points():
-            overrides = combination_overrides(spec, t, a, o, point)
+            overrides = {
+                key: Override(item.value, (origins or {}).get(key, item.origin))
+                for key, item in combination_overrides(spec, t, a, o, point).items()
+            }
             names = (spec.tasks[t].name, spec.attention[a].name, spec.optimizers[o].name)
             try:
                 resolve(

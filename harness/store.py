@@ -36,6 +36,17 @@ def resolve_experiment(flag: str | None, default: str) -> str:
     return check_experiment_name(name, EXPERIMENT_VARIABLE) if name else default
 
 
+def absolute_uri(uri: str) -> str:
+    """A SQLite URI with a relative path made absolute (sqlite:///mlflow.db ->
+    sqlite:////work/mlflow.db); any other URI as it is. MLflow keeps one store per URI for the
+    life of a process, so a relative one would go on naming the first folder it was used in
+    after the working folder changes (a notebook's `os.chdir`)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
 def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT, existing: bool = False) -> None:
     """Fail early, with the address, on a store that cannot be opened: before any run exists,
     and for a tracking server within `timeout` seconds (MLflow's own client retries an

@@ -12,12 +12,15 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from html import unescape
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.stats as st
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
@@ -156,6 +159,11 @@ def report_html(client: MlflowClient, name: str, tmp_path: Path) -> str:
     return (out / "report.html").read_text()
 
 
+def findings(html: str) -> list[str]:
+    """The summary's sentences, as text."""
+    return [unescape(f) for f in re.findall(r'<p class="finding">(.*?)</p>', html, re.S)]
+
+
 def row_of(table, attention: str, optimizer: str = "adam"):
     rows = table[(table.attention == attention) & (table.optimizer == optimizer)]
     assert len(rows) == 1
@@ -182,7 +190,16 @@ def test_two_seeds_of_constant_different_scores_are_not_significant_and_say_why(
     needs = "with 1 comparison, an exact paired test needs at least 6 seeds (here 2)"
     assert row["reason"] == needs
     summary_text = html.split('id="results"')[0]
-    assert f"No difference is significant after correction: {needs}" in summary_text
+    # by construction nothing can reject here: said first, as a property of the design
+    first = findings(html)[0]
+    assert first.startswith("With 2 seeds and 1 comparison, no test here can reject")
+    assert "2^(1-2) = 0.5" in first and "property of the design" in first
+    assert "No difference is significant after correction" not in summary_text
+    # intervals beside Holm-adjusted p are per comparison; P(A > B)'s from 2 seeds is marked
+    assert row["95% CI of P (unadjusted)"].endswith("*") and row["95% CI (unadjusted)"]
+    assert "marked *" in html.split('id="comparisons"')[1]
+    # the summary's best mean rank carries the few-seeds caveat
+    assert "with 2 seeds per configuration (fewer than 5)" in summary_text
     (summary,) = tables(html, "summary")
     assert summary[0]["winner"] == "multihead + adam" and summary[0]["n"] == "2"
     assert summary[0]["how sure"] == (
@@ -201,14 +218,17 @@ def test_six_seeds_of_clearly_separated_scores_are_significant(
     html = report_html(client, "six", tmp_path)
     ((row,),) = tables(html, "comparisons")
     assert row["n"] == "6" and row["p seeds"] == "0.0312"  # 2 / 2^6, exact
-    assert float(row["p two-way bootstrap"]) < 0.01
+    assert float(row["p two-way bootstrap (check, not a test)"]) < 0.01
+    assert not row["95% CI of P (unadjusted)"].endswith("*")  # 6 seeds: not marked
     assert row["p"] == row["p seeds"] and row["p (Holm)"] == row["p seeds"]  # m = 1
     assert row["result"] == "multihead better" and row["reason"] == ""
     assert float(row["P(A>B)"]) == 0.0  # every dot run is worse than every multihead run
-    low, high = (float(x) for x in row["95% CI"].split(" – "))
+    low, high = (float(x) for x in row["95% CI (unadjusted)"].split(" – "))
     assert low < float(row["A − B"]) < high < 0
     assert "On text_cls, multihead + adam beats dot + adam: accuracy" in html
     assert "No difference is significant" not in html
+    assert "no test here can reject" not in html  # 6 seeds, 1 comparison: a test can
+    assert "fewer than 5) the seed bootstrap" not in html
 
 
 def test_intervals_include_the_test_set_when_seeds_agree(client: MlflowClient) -> None:
@@ -519,7 +539,7 @@ def test_the_winner_is_judged_only_by_the_pre_specified_comparisons(
     assert row["winner"] == "multihead + adam" and row["n"] == "7"
     how = row["how sure"]
     assert how.startswith("not significantly different from ")
-    assert "dot + adam (Holm p = " in how and "multihead + sgd (Holm p = " in how
+    assert "dot + adam" in how and "multihead + sgd" in how and "Holm p = " in how
     assert "needs at least 8 seeds (here 7)" in how
     assert how.endswith(
         "not compared directly with dot + sgd (they differ in two factors, or in the sweep point)"
@@ -792,3 +812,31 @@ def test_halving_rungs_are_read_as_each_rates_longest_run_and_missing_ones_by_sl
     assert missing[["phase", "seed", "state"]].values.tolist() == [["tune", 0, "killed"]]
     missing = missing_cells(plan, pd.DataFrame(rung0))
     assert missing.state.tolist() == ["never started"] * 2
+
+
+def test_a_difference_interval_stays_within_what_the_metric_allows(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """Three seeds whose paired differences disagree widely: mean +- t(2) * se reaches past
+    +1 accuracy, which no difference of two accuracies can; the interval stops at 1."""
+    runs = []
+    for seed, (a, b) in enumerate([(103, 10), (103, 93), (103, 99)], start=1):
+        runs += [Run("dot", "adam", seed, correct_with(a, seed)),
+                 Run("multihead", "adam", seed, correct_with(b, 10 + seed))]  # fmt: skip
+    write_experiment(client, "wide", runs)
+    exp, sc, _ = analyse(client, "wide")
+    diffs = np.array([a - b for a, b in [(103, 10), (103, 93), (103, 99)]]) / N_TEST
+    half = st.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert diffs.mean() + half > 1  # the unclipped interval would be impossible
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.diff_high == 1.0
+    assert c.diff_low == pytest.approx(diffs.mean() - half, abs=0.05)  # test-set part adds a bit
+    ((row,),) = tables(report_html(client, "wide", tmp_path), "comparisons")
+    assert row["95% CI (unadjusted)"].endswith("– 1.0000")
+
+
+def test_a_winners_verdict_says_a_shared_reason_once() -> None:
+    from harness.report.stats.winners import _grouped
+
+    text = _grouped([("a", "Holm p = 1; why"), ("b", "Holm p = 0.5"), ("c", "Holm p = 1; why")])
+    assert text == "a and c (each Holm p = 1; why), or from b (Holm p = 0.5)"

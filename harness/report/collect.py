@@ -117,11 +117,7 @@ def collect(
     progress: Callable[[int, int], None] | None = None,
 ) -> Experiment:
     """Read experiment `experiment`; a UserError when it is unknown or holds no harness run."""
-    exp = find_experiment(client, experiment)
-    all_runs = schema.search_all(client, exp.experiment_id)
-    children = [r for r in all_runs if schema.is_cell(r)]
-    parents = [r for r in all_runs if not schema.is_cell(r)]
-    parent, plan = _parent(client, parents[0]) if parents else ({}, None)
+    exp, children, parents, parent, plan = _read(client, experiment)
     order = grid_order(plan, parent.get("grid_yaml"))
     runs = runs_frame(children, order)
     wanted = runs[(runs.phase == "final") & runs.current & (runs.status == "FINISHED")]
@@ -142,6 +138,24 @@ def collect(
         environment=_environment(parents[0] if parents else children[0]),
         order=order,
     )
+
+
+def read_runs(client: MlflowClient, experiment: str) -> pd.DataFrame:
+    """Only the `runs` of `collect` (no histories, no outcomes): one row per child run."""
+    _, children, _, parent, plan = _read(client, experiment)
+    return runs_frame(children, grid_order(plan, parent.get("grid_yaml")))
+
+
+def _read(
+    client: MlflowClient, experiment: str
+) -> tuple[Any, list[Run], list[Run], dict[str, Any], list[dict] | None]:
+    """The experiment, its child and parent runs, the parent's record and its plan."""
+    exp = find_experiment(client, experiment)
+    all_runs = schema.search_all(client, exp.experiment_id)
+    children = [r for r in all_runs if schema.is_cell(r)]
+    parents = [r for r in all_runs if not schema.is_cell(r)]
+    parent, plan = _parent(client, parents[0]) if parents else ({}, None)
+    return exp, children, parents, parent, plan
 
 
 def find_experiment(client: MlflowClient, experiment: str) -> Any:

@@ -33,7 +33,12 @@ from harness.report.plots import (
     sweep_plot,
 )
 from harness.report.plots_across import profile_plot, ranking_plot, throughput_plot
-from harness.report.stats import Statistics, config_label, representative_runs
+from harness.report.stats import (
+    Statistics,
+    config_label,
+    representative_runs,
+    unreached_targets,
+)
 from harness.report.style import DPI, Style, metric_label, n_caption
 
 INTERVAL = ("95% interval from the seed and test-set variance, mean ± t·√(s²/n + v_test) "
@@ -61,7 +66,7 @@ class Entry:
     name: str  # file stem (and HTML anchor); {task}, {key} and {attention} are filled in
     scope: str  # "task" | "sweep" (per task and swept key) | "across" | "maps" (per run)
     title: str  # format fields: {task}, {metric}, {key}, {config}
-    caption: str  # format fields: {n}, {interval}, {tasks}
+    caption: str  # format fields: {n}, {interval}, {tasks}, {unreached}
     draw: Draw
     missing: str  # the note when the figure applies but cannot be drawn
 
@@ -83,6 +88,7 @@ class Job:
             "task": self.task, "key": self.key, "interval": INTERVAL,
             "metric": metric_label(rows) if not rows.empty else "test metric",
             "n": n_caption(table, self.task), "tasks": table.task.nunique(),
+            "unreached": unreached_targets(table) if self.entry.scope == "across" else "",
             "attention": getattr(run, "attention", ""), "config": getattr(run, "config", ""),
             "run_name": getattr(run, "run_name", ""),
         }  # fmt: skip
@@ -149,13 +155,15 @@ FIGURES: list[Entry] = [
           "No attention diagnostics: no final run of this task logged them."),
     Entry("ranking", "across", "Mean rank across tasks",
           "Mean rank over {tasks} task(s) with its 95% stratified bootstrap interval (seeds and "
-          "test examples resampled per task); red bar: the Nemenyi critical difference, when "
-          "there are at least 3 tasks and 3 configurations.",
+          "test examples resampled per task; too narrow below 5 seeds); red bar: the Nemenyi "
+          "critical difference, drawn only when the Friedman test rejects (section 4).",
           lambda i, j: ranking_plot(i.numbers.ranking, i.numbers.cd),
           "No ranking figure: there are fewer than two configurations to rank."),
     Entry("profiles", "across", "Performance profiles",
           "Fraction of tasks on which a configuration reached the target within a factor tau "
-          "of the fastest configuration (training seconds to target).",
+          "of the fastest configuration (training seconds to target, median over seeds; the "
+          "first evaluation at which a run reached the target, even if it fell below it "
+          "later). {unreached}",
           lambda i, j: profile_plot(i.numbers.profile, _configs(i), i.style),
           "No performance profile: no configuration reached its task's target."),
     Entry("throughput", "across", "Training throughput per attention kind",

@@ -12,13 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from harness.errors import UserError
 
 REPORT_NAMES = ("report.html", "report.pdf", "figures")  # what a report puts in its folder
+
+
+def default_folder(experiment: str) -> Path:
+    """reports/<experiment as one folder name> (no separators, no leading dots): MLflow takes
+    any experiment name, and one named like a path must not write outside reports/."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in experiment).lstrip(".")
+    return Path("reports") / (cleaned or "experiment")
 
 
 def check_out_folder(out: Path, what: str = "--out") -> None:
@@ -54,20 +61,20 @@ def cannot_write(out: Path, err: OSError) -> str:
     return f"cannot write the report to {out}: {err.strerror or err}{where}"
 
 
-def replace(work: Path, out: Path, names: list[str]) -> None:
+def replace(work: Path, out: Path, names: list[str], aside: Iterable[str] = REPORT_NAMES) -> None:
     """Move the finished report's `names` from `work` into `out`, all or nothing.
 
-    The earlier report's files (every name of REPORT_NAMES, so no stale PDF stays beside a new
-    HTML) are first moved aside into `work`; if any move fails or is interrupted, what was moved
-    is moved back, so `out` never holds a mix of the two reports. Renames within one file
-    system: each step is atomic.
+    The earlier files named in `aside` (a report: every name of REPORT_NAMES and its data
+    files, so no stale PDF stays beside a new HTML; an export: the files it writes) are first
+    moved aside into `work`; if any move fails or is interrupted, what was moved is moved back,
+    so `out` never holds a mix of the two. Renames within one file system: each step is atomic.
     """
     out.mkdir(parents=True, exist_ok=True)
     previous = work / ".previous"
     previous.mkdir()
     moved: list[tuple[Path, Path]] = []  # (from, to), in order
     try:
-        for name in REPORT_NAMES:
+        for name in dict.fromkeys(aside):
             if (out / name).exists() or (out / name).is_symlink():
                 _move(out / name, previous / name, moved)
         for name in names:

@@ -12,9 +12,8 @@ param (older runs) it scores the worst end of the metric's range when that is fi
 accuracy), else the worst finite score seen on the task, and the report says so. Failed,
 killed and missing cells are not scores; section 5 lists them.
 
-Intervals of a configuration's mean, a stated parametric method built on the two variance
-components of a two-stage sample (seeds, then test examples; Cochran 1977, "Sampling
-Techniques", 3rd ed., ch. 10): mean +- t_df sqrt(s_seed^2 / n + v_test), where s_seed^2 is the
+Intervals of a configuration's mean, a stated parametric method built on the seed and test-set
+variance components: mean +- t_df sqrt(s_seed^2 / n + v_test), where s_seed^2 is the
 sample variance (ddof 1) of the per-seed scores and v_test the variance of the configuration
 mean over example-only bootstrap replicates (`N_BOOT` draws of the test examples with
 replacement, seeds held fixed; each run's metric recomputed on the drawn examples from its
@@ -30,20 +29,31 @@ accuracy; unbounded when a run does not record it). Paired differences alike: db
 sqrt(s_d^2 / n + v_test(dbar)). Every configuration of a task sees the same example draws,
 so differences are coherent; the generator is seeded (`BOOT_SEED`, and the task's name): a
 report is reproducible.
+The design is crossed, not nested: every seed is scored on the same test examples (seeds x
+examples; Owen 2007, below). Var(mean) = sigma_s^2 / n + sigma_x^2 / N + sigma_sx^2 / (n N)
+(seed, example and seed-by-example interaction components, N examples); s_seed^2 / n and
+v_test each contain the interaction's sigma_sx^2 / (n N), so the interval counts it twice and
+is conservative (somewhat too wide: a review of the medium grid measured up to about 12% on
+text_cls's standard deviation), never too narrow on that account (`two_stage_interval`).
 
 The two-way ("pigeonhole") bootstrap of Owen (2007, "The pigeonhole bootstrap", Ann. Appl.
 Stat. 1(2):386-411) draws seeds with replacement (by position in seed order, shared by all
 configurations of a task) and, independently, the same test examples: it gives p_boot, the
-interval of P(A > B), and the rank intervals and P(rank 1). Below 5 seeds these understate
-seed-to-seed variation (a seed bootstrap of few seeds is too narrow), and the report says so.
+interval of P(A > B), and the rank intervals and P(rank 1). Below FEW_SEEDS (5) seeds these
+understate seed-to-seed variation (a bootstrap of n seeds has few distinct draws: with 3 seeds
+that agree, P(A > B)'s interval is "1.00 - 1.00"), and the report says so wherever it shows
+them: the comparisons' section and its marked P(A > B) intervals, the ranking section, and the
+summary's line on the best mean rank.
 
 Comparisons A vs B (same task and sweep point: attention kinds within an optimizer, optimizers
 within an attention kind), on the seeds both have:
-- effect sizes: diff = mean_A - mean_B with its two-stage interval (above); the probability of
+- effect sizes: diff = mean_A - mean_B with its interval (above); the probability of
   improvement P(A > B) of Agarwal et al. (2021, "Deep reinforcement learning at the edge of the
   statistical precipice", NeurIPS; the `rliable` library): the share of (A run, B run) pairs in
   which A is better, ties counting half, i.e. the Mann-Whitney U over n_A n_B
-  (scipy.stats.mannwhitneyu), with its interval from the two-way bootstrap replicates.
+  (scipy.stats.mannwhitneyu), with its interval from the two-way bootstrap replicates. Both
+  intervals are per comparison (95%, not adjusted for the task's m comparisons, unlike the
+  Holm-adjusted p beside them), and the report says so.
 - p_seed: the exact two-sided paired sign-flip permutation test of the mean difference: all
   2^n sign assignments enumerated up to `EXACT_MAX_SEEDS` seeds, `RANDOM_RESAMPLES` random
   ones beyond (p = (1 + count) / (1 + R)), on differences rounded to 12 decimals. Valid at any
@@ -52,16 +62,24 @@ within an attention kind), on the seeds both have:
   p = 1. No p-value here is ever 0.
 - p_boot, the "two-way bootstrap (seeds and test set)" p: twice the smaller share of two-way
   bootstrap replicates on either side of 0, at least 1/B: does the difference survive
-  resampling both the seeds and the test set?
+  resampling both the seeds and the test set? A check, not a test in its own right: below
+  about 5 seeds it is anti-conservative (3 seeds whose differences share one sign, probability
+  1/4 when there is no difference, put every replicate on that side and p_boot at its floor
+  1/B: simulated, 24% rejections at nominal 5%), and the report labels it so.
   B is N_BOOT, or 2 m / ALPHA on a task with m comparisons when that is more, so that the
   floor 1/B never decides a Holm-corrected test.
-- p = max(p_seed, p_boot): an intersection-union test (Berger 1982, "Multiparameter hypothesis
-  testing and acceptance sampling", Technometrics 24(4)): a difference is called only when it
-  survives both; the level stays alpha because each part is a level-alpha test.
+- p = max(p_seed, p_boot): a difference is called only when it survives both (the
+  intersection-union form of Berger 1982, "Multiparameter hypothesis testing and acceptance
+  sampling", Technometrics 24(4)). The level rests on the exact test alone: p >= p_seed, and
+  p_seed is exact at any n, so P(p <= alpha) <= alpha when there is no difference. p_boot only
+  adds the test set's sampling variation, which p_seed ignores, and can only make a call more
+  conservative.
 - Holm's step-down correction (Holm 1979, Scand. J. Statist. 6(2)) over all comparisons of a
   task (the family is the task); significant = Holm-adjusted p < ALPHA. With m comparisons the
   first Holm step needs 2^(1-n') m < ALPHA, hence "needs at least k seeds" (n': the nonzero
-  paired differences).
+  paired differences). When that holds for every comparison of a task whatever the data
+  (2^(1-n) m >= ALPHA, n the paired seeds), the summary says so first, as a property of the
+  design rather than a finding (`design_limits`).
 - ties: values equal to 12 decimals (`snap`; `is_tie`: 1e-12 relative) are equal everywhere:
   tied means are named, never a winner over each other; ranks and P(A > B) count them as ties.
 
@@ -74,24 +92,32 @@ post-selection test.
 Ranking across tasks (Demsar 2006, "Statistical comparisons of classifiers over multiple data
 sets", JMLR 7): per task configurations are ranked by mean (ties share the average rank; a
 configuration absent from a task ranks last), then averaged over tasks. The 95% interval of the
-mean rank and P(rank 1) come from the same stratified (per task) two-way bootstrap replicates.
-With N >= 3 tasks and k >= 3 configurations present on every task: the Friedman test
-(scipy.stats.friedmanchisquare) with the Iman-Davenport F correction, and the Nemenyi critical
-difference CD = q_alpha sqrt(k (k + 1) / (6 N)), q_alpha = studentized range(0.95; k, inf)/sqrt(2),
-whose groups are drawn only when the Friedman (Iman-Davenport) test rejects at ALPHA; else the
-configurations are said to be not distinguishable. CD applies to the Friedman ranks (over the
-configurations complete on every task), shown beside it.
+mean rank and P(rank 1) come from the same stratified (per task) two-way bootstrap replicates
+(too narrow below 5 seeds, above). With N >= 3 tasks and k >= 3 configurations present on
+every task: the Friedman test (scipy.stats.friedmanchisquare) with the Iman-Davenport F
+correction. Demsar gives these approximations for N > 10 and k > 5; with N <= 10 tasks the
+decision rests on a Monte Carlo permutation p instead (`friedman_permutation_p`: each task's
+observed ranks permuted independently, FRIEDMAN_DRAWS times from a fixed generator, p = (1 +
+count) / (1 + draws)), the two approximations still shown. The Nemenyi critical difference
+CD = q_alpha sqrt(k (k + 1) / (6 N)), q_alpha = studentized range(0.95; k, inf)/sqrt(2), has
+its groups drawn only when that Friedman p rejects at ALPHA; else the configurations are said
+to be not distinguishable. When it rejects but CD separates no configuration from the best,
+the report says that with N tasks the Nemenyi test has little power and the rejection cannot
+be pinned to any pair. CD applies to the Friedman ranks (over the configurations complete on
+every task), shown beside it.
 
 Fair-comparison check: configurations compared within a task and sweep point whose parameter
 counts (`model.n_params`) differ by more than 10% are named (the rule of Long Range Arena, Tay
 et al. 2021, "Long Range Arena: a benchmark for efficient transformers", ICLR).
 
 Time-to-target (AlgoPerf, Dahl et al. 2023, "Benchmarking Neural Network Training Algorithms"):
-the first validation step at which the metric reaches the task's target, and the training
-seconds up to it (the sum of `time/step_ms`, evaluation excluded). A configuration's value is
-the median over its seeds, a seed that never reached the target counting as infinitely slow.
-Performance profiles (Dolan and More 2002): rho_c(tau) is the fraction of tasks on which c's
-time-to-target is within a factor tau of the fastest configuration on that task.
+the first validation step at which the metric reaches the task's target (even when the run
+fell below it later), and the training seconds up to it (the sum of `time/step_ms`, evaluation
+excluded). A configuration's value is the median over its seeds, a seed that never reached the
+target counting as infinitely slow. Performance profiles (Dolan and More 2002): rho_c(tau) is
+the fraction of tasks on which c's time-to-target is within a factor tau of the fastest
+configuration on that task; the tasks where no configuration has one are named
+(`unreached_targets`): the profile rests on the others.
 
 The modules, in the order the numbers are made: `primitives` (constants, intervals, tests, the
 probability of improvement), `scores` (scored runs and bootstrap replicates), `table` (the
@@ -115,12 +141,16 @@ from harness.report.stats.primitives import (
     BOOT_SEED,
     CONFIDENCE,
     EXACT_MAX_SEEDS,
+    FEW_SEEDS,
+    FRIEDMAN_DRAWS,
+    FRIEDMAN_MAX_PERMUTATION_TASKS,
     KEY,
     N_BOOT,
     PARAMS_TOLERANCE,
     RANDOM_RESAMPLES,
     TIE_RTOL,
     bootstrap_p,
+    friedman_permutation_p,
     holm,
     is_tie,
     nemenyi_cd,
@@ -140,6 +170,7 @@ from harness.report.stats.ranking import (
     performance_profile,
     profile_ratios,
     ranking,
+    unreached_targets,
 )
 from harness.report.stats.scores import (
     Config,
@@ -149,7 +180,14 @@ from harness.report.stats.scores import (
     replicates_for,
     scores,
 )
-from harness.report.stats.summary import parameter_warnings, representative_runs, summary_sentences
+from harness.report.stats.summary import (
+    design_limits,
+    few_seeds_caveat,
+    parameter_warnings,
+    representative_runs,
+    summary_sentences,
+    untestable_tasks,
+)
 from harness.report.stats.table import (
     RESULT_COLUMNS,
     config_label,
@@ -176,7 +214,8 @@ class Statistics:
 
     @property
     def cd(self) -> float | None:
-        """The Nemenyi critical difference, drawn only when the Friedman test rejects."""
+        """The Nemenyi critical difference, drawn only when the Friedman test rejects (its
+        permutation p with 10 tasks or fewer)."""
         return self.friedman.get("cd") if self.friedman.get("significant") else None
 
 
@@ -198,13 +237,15 @@ def analyse(exp: Experiment) -> Statistics:
 
 __all__ = [
     "ALPHA", "BOOT_P_NAME", "BOOT_SEED", "COMPARISON_COLUMNS", "CONFIDENCE", "EXACT_MAX_SEEDS",
-    "KEY", "N_BOOT", "PARAMS_TOLERANCE", "RANDOM_RESAMPLES", "RANKING_COLUMNS", "RESULT_COLUMNS",
+    "FEW_SEEDS", "FRIEDMAN_DRAWS", "FRIEDMAN_MAX_PERMUTATION_TASKS", "KEY", "N_BOOT",
+    "PARAMS_TOLERANCE", "RANDOM_RESAMPLES", "RANKING_COLUMNS", "RESULT_COLUMNS",
     "TIE_RTOL", "WINNER_COLUMNS", "Config", "Scores", "Statistics", "_ranks", "analyse",
-    "best_indices", "bootstrap_p", "compare", "comparisons", "config_label", "example_weights",
-    "family_size", "friedman", "holm", "is_tie", "nemenyi_cd", "parameter_warnings",
+    "best_indices", "bootstrap_p", "compare", "comparisons", "config_label", "design_limits",
+    "example_weights", "family_size", "few_seeds_caveat", "friedman", "friedman_permutation_p",
+    "holm", "is_tie", "nemenyi_cd", "parameter_warnings",
     "percentile_interval", "performance_profile", "prob_improvement",
     "prob_improvement_replicates", "profile_ratios", "ranking", "replicates_for",
     "representative_runs", "results_table", "scores", "seed_draws", "seeds_needed",
     "sign_flip_p", "snap", "summary_sentences", "time_to_target", "training_seconds",
-    "two_stage_interval", "winners",
+    "two_stage_interval", "unreached_targets", "untestable_tasks", "winners",
 ]  # fmt: skip

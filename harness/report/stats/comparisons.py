@@ -32,9 +32,15 @@ from harness.report.stats.table import _label
 # --------------------------------------------------------------------------- one comparison
 
 
-def compare(a: Config, b: Config) -> dict[str, Any]:
-    """A vs B on the seeds both have: means, difference with its two-way bootstrap interval,
-    P(A > B) with its interval, p_seed (exact sign flips), p_boot and p = max of the two."""
+def compare(
+    a: Config, b: Config, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> dict[str, Any]:
+    """A vs B on the seeds both have: means, difference with its interval, P(A > B) with its
+    interval, p_seed (exact sign flips), p_boot and p = max of the two.
+
+    `bounds` is the metric's range (lo, hi): a difference of two means lies in
+    [lo - hi, hi - lo], and its interval is clipped to that, as the means' intervals are
+    clipped to the range (a t interval on 3 seeds can otherwise reach past +-1 accuracy)."""
     common = sorted(set(a.seeds) & set(b.seeds))
     ia = [a.seeds.index(s) for s in common]
     ib = [b.seeds.index(s) for s in common]
@@ -78,6 +84,9 @@ def compare(a: Config, b: Config) -> dict[str, Any]:
         out["diff_low"], out["diff_high"] = percentile_interval(test_only)
     else:
         out["diff_low"], out["diff_high"] = two_stage_interval(x - y, test_only)
+    span = bounds[1] - bounds[0]  # inf for an unbounded metric: nothing is clipped
+    out["diff_low"] = max(out["diff_low"], -span)
+    out["diff_high"] = min(out["diff_high"], span)
     higher = a.higher_is_better
     out["p_improve"] = prob_improvement(x, y, higher)
     out["pi_low"], out["pi_high"] = percentile_interval(prob_improvement_replicates(xr, yr, higher))
@@ -155,8 +164,10 @@ def comparisons(exp: Experiment, sc: Scores | None = None) -> pd.DataFrame:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     sc = sc or scores(exp)
     present = final[KEY].drop_duplicates()
+    ranges = final.groupby("task", sort=False)[["metric_low", "metric_high"]].first()
     out: list[dict[str, Any]] = []
     for task, in_task in present.groupby("task", sort=False):
+        bounds = (float(ranges.metric_low[task]), float(ranges.metric_high[task]))
         family: list[dict[str, Any]] = []
         for sweep, configs in in_task.groupby("sweep", sort=False):
             for axis, within_axis in (("attention", "optimizer"), ("optimizer", "attention")):
@@ -169,7 +180,7 @@ def comparisons(exp: Experiment, sc: Scores | None = None) -> pd.DataFrame:
                             {"task": task, "sweep": sweep, "kind": f"{axis} within {within_axis}",
                              "within": within, "a": a, "b": b, "label_a": _label(ka),
                              "label_b": _label(kb), "higher_is_better": ca.higher_is_better,
-                             **compare(ca, cb)}
+                             **compare(ca, cb, bounds)}
                         )  # fmt: skip
         _finish_family(family)
         out.extend(family)

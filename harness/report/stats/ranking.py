@@ -13,8 +13,12 @@ from scipy import stats as st
 
 from harness.report.stats.primitives import (
     ALPHA,
+    FRIEDMAN_DRAWS,
+    FRIEDMAN_MAX_PERMUTATION_TASKS,
     KEY,
     N_BOOT,
+    _and,
+    friedman_permutation_p,
     is_tie,
     nemenyi_cd,
     percentile_interval,
@@ -83,11 +87,16 @@ def _ranks(values: np.ndarray, higher: bool) -> np.ndarray:
 
 
 def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
-    """The Friedman test (with the Iman-Davenport F) over tasks as blocks, and the Nemenyi
-    critical difference, for the configurations scored on every task; `why_not` when N < 3
-    tasks or k < 3 configurations. Only when the Iman-Davenport F rejects at ALPHA are the
+    """The Friedman test over tasks as blocks, and the Nemenyi critical difference, for the
+    configurations scored on every task; `why_not` when N < 3 tasks or k < 3 configurations.
+
+    The chi-square p and the Iman-Davenport F p are always given; they are approximations that
+    Demsar (2006) gives for N > 10 tasks and k > 5, so with N <= FRIEDMAN_MAX_PERMUTATION_TASKS
+    the decision rests on the Monte Carlo permutation p (`friedman_permutation_p`), else on the
+    Iman-Davenport F (`p` and `p_method` say which). Only when that p rejects at ALPHA are the
     critical-difference groups drawn: then ranked.within_cd marks the configurations within CD
-    of the best Friedman mean rank (ranks over the configurations complete on every task)."""
+    of the best Friedman mean rank (ranks over the configurations complete on every task), and
+    `note` says so when CD separates no configuration from the best."""
     tasks = list(dict.fromkeys(table.task))
     labelled = table.assign(config=[config_label(r) for r in table.itertuples()])
     wide = labelled.pivot_table(index="task", columns="config", values="mean", aggfunc="first")
@@ -117,14 +126,31 @@ def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
         p_f = float(st.f.sf(f_stat, k - 1, (k - 1) * (n - 1)))
     else:  # every task ranks the configurations alike: F is infinite; the chi-square p stands
         f_stat, p_f = math.inf, float(p_chi2)
+    p_f = max(p_f, float(np.finfo(float).tiny))
+    if n <= FRIEDMAN_MAX_PERMUTATION_TASKS:
+        p_perm = friedman_permutation_p(ranks)
+        p, method = p_perm, "permutation"
+    else:
+        p_perm, p, method = math.nan, p_f, "Iman-Davenport"
     cd = nemenyi_cd(k, n)
     mean_ranks = dict(zip(complete, ranks.mean(axis=0), strict=True))
     top = min(mean_ranks.values())
-    significant = p_f < ALPHA
+    significant = p < ALPHA
     if significant:  # the Nemenyi post-hoc only after the Friedman test rejects (Demsar 2006)
         for i, c in enumerate(ranked.config):
             if c in mean_ranks:
                 ranked.at[i, "within_cd"] = bool(mean_ranks[c] - top < cd)
+    top_group = (
+        [c for c, r in sorted(mean_ranks.items(), key=lambda x: x[1]) if r - top < cd]
+        if significant
+        else []
+    )
+    note = ""
+    if significant and len(top_group) == k:
+        note = (
+            f"With {n} tasks the Nemenyi test has little power: every configuration is within "
+            "CD of the best, so the Friedman rejection cannot be pinned to any pair."
+        )
     info.update(
         done=True,
         F_text="infinite (every task ranks them alike; p from the chi-square)"
@@ -133,16 +159,20 @@ def friedman(table: pd.DataFrame, ranked: pd.DataFrame) -> dict[str, Any]:
         chi2=float(chi2),
         p_chi2=float(p_chi2),
         F=float(f_stat),
-        p_F=max(p_f, float(np.finfo(float).tiny)),
+        p_F=p_f,
+        p_perm=p_perm,
+        draws=FRIEDMAN_DRAWS,
+        draws_text=f"{FRIEDMAN_DRAWS:,}",
+        p=p,
+        p_method=method,
         cd=cd,
         significant=significant,
         mean_ranks=mean_ranks,
         ranks_text=", ".join(
             f"{c} {r:.2f}" for c, r in sorted(mean_ranks.items(), key=lambda x: x[1])
         ),
-        top_group=[c for c, r in sorted(mean_ranks.items(), key=lambda x: x[1]) if r - top < cd]
-        if significant
-        else [],
+        top_group=top_group,
+        note=note,
     )
     return info
 
@@ -158,6 +188,44 @@ def profile_ratios(table: pd.DataFrame) -> pd.DataFrame:
     wide = wide.reindex(t.config.drop_duplicates())
     best = wide.min(axis=0).replace(0, np.nan)
     return (wide / best).replace(np.nan, math.inf)
+
+
+def unreached_targets(table: pd.DataFrame) -> str:
+    """In words, the tasks on which no configuration has a time-to-target (median over seeds),
+    so that every profile curve stays below 1 there and the profile rests on the other tasks;
+    "" when every task has one. A time-to-target is the first evaluation at which the target
+    was reached, even when the run fell below it later."""
+    if table.empty:
+        return ""
+    tasks = list(dict.fromkeys(table.task))
+    never, not_median, no_target = [], [], []
+    for task in tasks:
+        rows = table[table.task == task]
+        if np.isfinite(rows.ttt_seconds.astype(float)).any():
+            continue
+        if rows.target.isna().all():
+            no_target.append(task)
+        elif rows.reached.sum() == 0:
+            never.append(task)
+        else:
+            not_median.append(task)
+    if not (never or not_median or no_target):
+        return ""
+    parts = []
+    if never:
+        parts.append(f"no configuration reached the target on {_and(never)}")
+    if not_median:
+        parts.append(f"no configuration reached it on most of its seeds on {_and(not_median)}")
+    if no_target:
+        parts.append(f"{_and(no_target)} {'has' if len(no_target) == 1 else 'have'} no target")
+    rest = [t for t in tasks if t not in never + not_median + no_target]
+    text = "; ".join(parts)
+    if text.startswith("no "):  # a sentence's start; a task's name keeps its case
+        text = "N" + text[1:]
+    if not rest:
+        return f"{text}: no task is left to profile."
+    ceiling = f"{len(rest)}/{len(tasks)}"
+    return f"{text}, so no curve rises above {ceiling}: the profile rests on {_and(rest)} alone."
 
 
 def performance_profile(ratios: pd.DataFrame, taus: np.ndarray) -> pd.DataFrame:

@@ -9,11 +9,14 @@ import pandas as pd
 
 from harness.report.collect import Experiment
 from harness.report.stats.primitives import (
+    ALPHA,
     BOOT_P_NAME,
+    FEW_SEEDS,
     PARAMS_TOLERANCE,
     _and,
     _fmt,
     _p_text,
+    seeds_needed,
 )
 from harness.report.stats.table import config_label
 from harness.report.stats.winners import best_indices
@@ -55,9 +58,11 @@ def parameter_warnings(table: pd.DataFrame) -> list[str]:
 
 
 def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFrame) -> list[str]:
-    """The report's summary in plain words: per task the winner(s) with interval and n, then
+    """The report's summary in plain words: first, when the design lets no test reject on some
+    task, that fact (`design_limits`); then per task the winner(s) with interval and n, then
     each significant corrected difference in one sentence (or why there is none)."""
-    out = []
+    blocked = untestable_tasks(tests)
+    out = [design_limits(tests)] if blocked else []
     for w in won.itertuples():
         rows = table[table.task == w.task]
         words = rows.metric_label.iloc[0]
@@ -89,15 +94,102 @@ def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFram
         out.append(
             f"On {where}, {win} beats {lose}: {words} {_fmt(m_win, 3)} vs {_fmt(m_lose, 3)} "
             f"(difference {_fmt(diff, 3)}, 95% CI {_fmt(low, 3)} to {_fmt(high, 3)}; "
-            f"P(improvement) {pi:.2f}), paired p = {_p_text(c.p)} (exact permutation over seeds "
-            f"{_p_text(c.p_seed)}, {BOOT_P_NAME} {_p_text(c.p_boot)}), Holm-adjusted "
-            f"{_p_text(c.p_holm)}, {c.n} seeds."
+            f"P(improvement) {pi:.2f}; unadjusted intervals), paired p = {_p_text(c.p)} (the "
+            f"exact permutation test over seeds, which sets the level, {_p_text(c.p_seed)}; the "
+            f"{BOOT_P_NAME} check {_p_text(c.p_boot)}), Holm-adjusted {_p_text(c.p_holm)}, "
+            f"{c.n} seeds."
         )
     if tests.empty:
         out.append("There are no pairs of configurations to compare.")
     elif significant.empty:
-        out.append("No difference is significant after correction: " + _why_none(tests) + ".")
+        rest = tests[~tests.task.isin(blocked)]
+        if not rest.empty:  # the tasks the design lets no test reject on are said up front
+            out.append("No difference is significant after correction: " + _why_none(rest) + ".")
     return out
+
+
+def untestable_tasks(tests: pd.DataFrame) -> list[str]:
+    """The tasks on which no comparison can be significant whatever the data: the exact
+    paired test's smallest p with n seeds, 2^(1-n), times the task's Holm family size m is at
+    least ALPHA for every comparison (n the most paired seeds of any of them; a task whose
+    comparisons all have fewer than 2 paired seeds has no test at all)."""
+    out = []
+    for task, rows in tests.groupby("task", sort=False) if not tests.empty else []:
+        tested = rows[rows.p.notna()]
+        m = len(tested)
+        if m == 0 or 2.0 ** (1 - int(tested.n.max())) * m >= ALPHA:
+            out.append(str(task))
+    return out
+
+
+def design_limits(tests: pd.DataFrame) -> str:
+    """The summary's first sentence when the design lets no test reject on some task: said as
+    a property of the design, not as a finding ("with 3 seeds and 48 comparisons per task no
+    test here can reject; read the intervals")."""
+    blocked = untestable_tasks(tests)
+    if not blocked:
+        return ""
+    rows = tests[tests.task.isin(blocked) & tests.p.notna()]
+    where = "here" if len(blocked) == tests.task.nunique() else f"on {_and(blocked)}"
+    if rows.empty:
+        return (
+            f"No comparison {where} can be tested: no pair of configurations shares 2 seeds. "
+            "Read the differences and their intervals in section 4."
+        )
+    per_task = rows.groupby("task", sort=False).agg(n=("n", "max"), m=("p", "size"))
+    designs: dict[tuple[int, int], list[str]] = {}
+    for task, r in per_task.iterrows():
+        designs.setdefault((int(r.n), int(r.m)), []).append(str(task))
+    why = (
+        "the exact paired test's smallest possible p, 2^(1-n) with n seeds, times the m "
+        f"comparisons of Holm's first step is at least α = {ALPHA:g}"
+    )
+    if len(designs) == 1:
+        ((n, m),) = designs
+        family = " per task" if len(per_task) > 1 else ""
+        why = (
+            f"the exact paired test's smallest possible p, 2^(1-{n}) = {_fmt(2.0 ** (1 - n), 3)}, "
+            f"times m = {m} (Holm's first step) is at least α = {ALPHA:g} (at least "
+            f"{seeds_needed(m)} seeds would be needed)"
+        )
+        design = f"{_seeds(n)} and {_comparisons(m)}{family}"
+    else:
+        design = "; ".join(
+            f"{_seeds(n)} and {_comparisons(m)} on {_and(tasks)}"
+            for (n, m), tasks in designs.items()
+        )
+    return (
+        f"With {design}, no test {where} can reject: {why}. This is a property of the design, "
+        "not a finding that the configurations perform alike: read the differences and their "
+        "intervals (section 4)."
+    )
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _comparisons(m: int) -> str:
+    return f"{m} comparison{'s' if m != 1 else ''}"
+
+
+def few_seeds_caveat(table: pd.DataFrame) -> str:
+    """ "with 3 seeds ... too narrow and too sure" when the fewest seeds of a scored
+    configuration is below FEW_SEEDS: the words the ranking's intervals and P(rank 1) need
+    wherever they are shown; "" otherwise."""
+    scored = table[table.n > 0] if not table.empty else table
+    if scored.empty:
+        return ""
+    low, high = int(scored.n.min()), int(scored.n.max())
+    if low >= FEW_SEEDS:
+        return ""
+    seeds = f"{_seeds(low)} per configuration" if low == high else (
+        f"as few as {_seeds(low)} for some configurations")  # fmt: skip
+    return (
+        f"with {seeds} (fewer than {FEW_SEEDS}) the seed bootstrap behind "
+        "this interval and P(rank 1) understates seed-to-seed variation: both are too narrow "
+        "and too sure"
+    )
 
 
 def _interval_words(d: dict[str, Any]) -> str:

@@ -90,7 +90,7 @@ RESULT_COLUMNS = [
 
 def results_table(exp: Experiment, sc: Scores | None = None) -> pd.DataFrame:
     """One row per configuration (KEY), in grid order, from its final runs: n scored runs
-    (diverged ones at chance), their mean and its two-way bootstrap 95% interval."""
+    (diverged ones at chance), their mean and its 95% interval (`two_stage_interval`)."""
     final = exp.final
     if final.empty:
         return pd.DataFrame(columns=RESULT_COLUMNS)

@@ -120,7 +120,7 @@ def _winner_verdict(
             (better if winner == me else worse).append(f"{other} ({holm_p})")
         else:
             why = f"; {c.reason}" if c.reason else ""
-            not_different.append(f"{other} ({holm_p}{why})")
+            not_different.append((other, f"{holm_p}{why}"))
     parts = []
     if better:
         every = not (worse or not_different or not_compared or ties)
@@ -130,7 +130,7 @@ def _winner_verdict(
             + _and(better)
         )
     if not_different:
-        parts.append("not significantly different from " + _and(not_different))
+        parts.append("not significantly different from " + _grouped(not_different))
     if worse:
         parts.append("significantly worse, on the seeds they share, than " + _and(worse))
     if ties:
@@ -146,8 +146,20 @@ def _winner_verdict(
     return {
         "text": "; ".join(parts),
         "better_than": better,
-        "not_different": [x.split(" (")[0] for x in not_different],
+        "not_different": [name for name, _ in not_different],
         "not_compared": not_compared,
         "worse_than": worse,
         "tied_with": ties,
     }
+
+
+def _grouped(named: list[tuple[str, str]]) -> str:
+    """Names with their notes, each note said once: "a and b (each Holm p = 1; why), or from
+    c (Holm p = 0.5)". A task's comparisons often all stop for one reason."""
+    notes: dict[str, list[str]] = {}
+    for name, note in named:
+        notes.setdefault(note, []).append(name)
+    return ", or from ".join(
+        f"{_and(names)} ({'each ' if len(names) > 1 else ''}{note})"
+        for note, names in notes.items()
+    )
