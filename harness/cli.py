@@ -84,6 +84,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cells-per-gpu", **backends.CELLS_PER_GPU_FLAG)
     p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="train again the finished cells that other code made or that trained on other "
+        "data (by default they are reused, with a warning)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_run)
@@ -286,8 +292,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         outcome, uri = launch(
-            checked, args.tracking_uri, Console(stderr=True), progress=not args.no_progress
-        )
+            checked, args.tracking_uri, Console(stderr=True), progress=not args.no_progress,
+            rerun_changed=args.rerun_changed,
+        )  # fmt: skip
     except KeyboardInterrupt:
         print(
             "interrupted: running cells stopped and marked KILLED; "

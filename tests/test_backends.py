@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from harness import backends, schema
 from harness.backends import local
@@ -22,6 +22,7 @@ from harness.backends.base import (
     Job,
     LogArtifact,
     LogBatch,
+    LogInputs,
     LogMetrics,
     LogParams,
     LogTags,
@@ -35,7 +36,7 @@ from harness.config import resolve
 from harness.errors import UserError
 from harness.tracking import MlflowRunLogger, experiment_id, run_tags
 
-WRITES = (LogBatch, LogMetrics, LogParams, LogTags, LogArtifact, Terminate)
+WRITES = (LogBatch, LogMetrics, LogParams, LogTags, LogArtifact, LogInputs, Terminate)
 TINY = {  # a 4-symbol copy, a 16-wide one-layer model: seconds on 2 cores
     "task.length": 4,
     "task.n_train": 256,
@@ -46,6 +47,9 @@ TINY = {  # a 4-symbol copy, a 16-wide one-layer model: seconds on 2 cores
     "train.batch_size": 32,
     "train.val_every": 5,
 }
+
+
+DATASET = ("copy", "0a1b", "harness_task", '{"task": "copy"}', None, None)  # a LogInputs entry
 
 
 def _run(client: MlflowClient) -> str:
@@ -66,6 +70,7 @@ def test_every_write_applies_itself_to_a_real_store(client: MlflowClient, tmp_pa
         ),
         LogArtifact(run_id, schema.CONFIG_JSON, b'{"lr": 0.01}'),
         LogArtifact(run_id, "figures/maps.png", b"\x89PNG bytes"),
+        LogInputs(run_id, [(DATASET, [(schema.DATASET_CONTEXT, "train")])]),
         Terminate(run_id, "FINISHED"),
     ]
     for write in writes:
@@ -81,6 +86,11 @@ def test_every_write_applies_itself_to_a_real_store(client: MlflowClient, tmp_pa
     assert json.loads(config.read_text()) == {"lr": 0.01}
     figure = Path(client.download_artifacts(run_id, "figures/maps.png", str(tmp_path)))
     assert figure.read_bytes() == b"\x89PNG bytes"
+    (used,) = run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest, used.dataset.source) == (
+        "copy", "0a1b", '{"task": "copy"}',
+    )  # fmt: skip
+    assert [(t.key, t.value) for t in used.tags] == [(schema.DATASET_CONTEXT, "train")]
 
 
 def test_a_pipe_sink_sends_typed_writes_that_arrive_whole(client: MlflowClient) -> None:
@@ -95,12 +105,16 @@ def test_a_pipe_sink_sends_typed_writes_that_arrive_whole(client: MlflowClient) 
         tags=[RunTag(schema.PHASE, "tune")],
     )
     sink.log_dict(run_id, {"n_tokens": [4]}, schema.TEST_OUTCOMES)
+    dataset = Dataset("copy", "9f8e", "harness_task", "{}", profile='{"num_rows": 4}')
+    sink.log_inputs(
+        run_id, datasets=[DatasetInput(dataset, [InputTag(schema.DATASET_CONTEXT, "val")])]
+    )
     sink.set_terminated(run_id, "FAILED")
     received = []
     while here.poll(1):
         received.append(here.recv())
     # one log_batch call stays one write: the launcher applies it as one call
-    assert [type(m) for m in received] == [LogBatch, LogArtifact, Terminate]
+    assert [type(m) for m in received] == [LogBatch, LogArtifact, LogInputs, Terminate]
     assert all(m.run_id == run_id for m in received)
     for write in received:
         write.apply(client)
@@ -109,6 +123,9 @@ def test_a_pipe_sink_sends_typed_writes_that_arrive_whole(client: MlflowClient) 
     assert run.data.metrics == {schema.GRAD_NORM: 0.5} and run.data.params == {"seed": "0"}
     assert run.data.tags[schema.PHASE] == "tune"
     assert {a.path for a in client.list_artifacts(run_id)} == {schema.TEST_OUTCOMES}
+    (used,) = run.inputs.dataset_inputs
+    assert (used.dataset.digest, used.dataset.profile) == ("9f8e", '{"num_rows": 4}')
+    assert [(t.key, t.value) for t in used.tags] == [(schema.DATASET_CONTEXT, "val")]
 
 
 def test_a_local_pool_trains_a_cell_and_reports_it_in_typed_events(client: MlflowClient) -> None:
@@ -137,14 +154,17 @@ def test_a_local_pool_trains_a_cell_and_reports_it_in_typed_events(client: Mlflo
     assert all(isinstance(e, WRITES) and e.run_id == logger.run_id for e in events[:-1])
     assert done.outcome == "ok" and schema.VAL_LOSS in done.metrics
     # A short run's points, params and tags cost the launcher one log_batch, sent as the
-    # run ends: after its artifacts, before Terminate (so a FINISHED run is whole) and `Done`.
-    assert [type(e) for e in events] == [*[LogArtifact] * 3, LogBatch, Terminate, Done]
+    # run ends: after its artifacts, before Terminate (so a FINISHED run is whole) and `Done`;
+    # its datasets (harness.provenance) one log_inputs, as soon as its data is built.
+    assert [type(e) for e in events] == [LogInputs, *[LogArtifact] * 3, LogBatch, Terminate, Done]
     artifacts = {e.path for e in events if isinstance(e, LogArtifact)}
     assert artifacts == {schema.CONFIG_JSON, schema.TEST_OUTCOMES, schema.ATTENTION_MAPS}
     run = client.get_run(logger.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[schema.OUTCOME] == "ok"
     metric = run.data.tags[schema.METRIC]
     assert run.data.metrics[schema.val_metric(metric)] == done.metrics[schema.val_metric(metric)]
+    inputs = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"} and len(set(inputs.values())) == 3
 
 
 def _run_args(*argv: str):

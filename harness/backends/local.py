@@ -38,12 +38,13 @@ from harness.backends.base import (
     Job,
     LogArtifact,
     LogBatch,
+    LogInputs,
     Lost,
     Terminate,
 )
 
 if TYPE_CHECKING:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import DatasetInput, Metric, Param, RunTag
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
@@ -143,6 +144,15 @@ class PipeSink:
         buffer = io.BytesIO()
         image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
         self.conn.send(LogArtifact(run_id, artifact_file, buffer.getvalue()))
+
+    def log_inputs(self, run_id: str, datasets: Sequence[DatasetInput] = ()) -> None:
+        """The run's datasets, as one message."""
+        entries = []
+        for item in datasets:
+            d = item.dataset
+            fields = (d.name, d.digest, d.source_type, d.source, d.schema, d.profile)
+            entries.append((fields, [(tag.key, tag.value) for tag in item.tags]))
+        self.conn.send(LogInputs(run_id, entries))
 
     def set_terminated(self, run_id: str, status: str) -> None:
         self.conn.send(Terminate(run_id, status))
