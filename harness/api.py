@@ -191,7 +191,7 @@ def launch(
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
-    backends.check(checked.backend, uri, checked.options)
+    backends.check(checked.backend, uri, checked.options, checked.accelerator)
     check_cells(checked.spec, checked.workers_here)  # every bad value stops here, before any run
     launcher = Launcher(
         checked.spec, MlflowClient(uri), checked.experiment, checked.workers,

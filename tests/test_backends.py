@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
@@ -31,7 +32,7 @@ from harness.backends.base import (
     Terminate,
 )
 from harness.backends.local import LocalPool, PipeSink
-from harness.cli import _parser
+from harness.cli import _parser, main
 from harness.config import resolve
 from harness.errors import UserError
 from harness.tracking import MlflowRunLogger, experiment_id, run_tags
@@ -282,3 +283,26 @@ def test_a_ray_actor_asks_for_its_share_of_a_gpu() -> None:
 
     assert actor_gpus(True, 4) == 0.25 and actor_gpus(True, 1) == 1.0
     assert actor_gpus(False, 4) == 0
+
+
+# --------------------------------------------------------------------------- Ray and GPUs
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU to give")
+def test_ray_is_not_asked_for_a_gpu_this_machine_lacks(
+    tracking_uri: str, client: MlflowClient, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Actors asking Ray for a GPU that no node has would wait for ever: refused up front,
+    before Ray starts or any run exists (tests/test_scaling.py asks a running Ray instance)."""
+    ray = pytest.importorskip("ray", reason="the `ray` extra")
+    grid = tmp_path / "gpu.yaml"
+    grid.write_text("name: gpu\ntasks: [copy]\nattention: [dot]\noptimizers: [adam]\n")
+    argv = ["run", str(grid), "--backend", "ray", "--tracking-uri", tracking_uri]
+    assert main([*argv, "--accelerator", "gpu"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: --accelerator gpu: this machine has no GPU for Ray to give the workers "
+        "(use --accelerator cpu, or a cluster with GPUs)"
+    )
+    assert client.get_experiment_by_name("gpu") is None and not ray.is_initialized()
+    backends.check("ray", tracking_uri, {}, "cpu")  # no GPU asked for: nothing to check

@@ -53,9 +53,9 @@ PNG_COMPRESS_LEVEL = 1
 OPTIONS: dict[str, dict[str, Any]] = {}  # command-line options of this backend: none
 
 
-def check(tracking_uri: str, cells_per_gpu: int | None = None) -> None:
+def check(tracking_uri: str, accelerator: str = "auto", cells_per_gpu: int | None = None) -> None:
     """Before anything is created: workers reach the store through the launcher, so only
-    the option's value is checked."""
+    the option's value is checked (Lightning names a missing GPU itself, in the worker)."""
     check_cells_per_gpu(cells_per_gpu)
 
 
