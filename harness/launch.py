@@ -47,7 +47,7 @@ from harness.config import RunConfig
 from harness.errors import UserError
 from harness.grid import Group, TuneResult, groups, plan, plan_json, protocol_step, tune_rungs
 from harness.progress import GridProgress
-from harness.provenance import ReuseCheck, changed_line
+from harness.provenance import ReuseCheck
 from harness.retry import RetryingClient, TrackingUnreachable, tracking_deadline
 from harness.spec import GridSpec
 from harness.store import is_http
@@ -169,7 +169,7 @@ class Launcher:
         for why, tags in self.changed[self._told :]:
             news[why].append(tags)
         if news:
-            line = changed_line(news, self.reuse.commit, self.rerun_changed)
+            line = self.reuse.line(news, self.rerun_changed)
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)
             self._told = len(self.changed)
 

@@ -233,30 +233,39 @@ class ReuseCheck:
                 raise UserError(f"{cfg.run_name}: {err}") from None
         return recorded != self._data[key]
 
+    def line(self, changed: Mapping[str, list[Mapping[str, str]]], rerun: bool) -> str:
+        """One line about finished cells whose code or data differs from this launch's:
+        `changed` maps "code" and "data" to the tags of their runs."""
+        parts = []
+        code = changed.get("code", [])
+        if code:
+            parts.append(f"{_cells(len(code))} made by other code ({self._other(code)})")
+        data = changed.get("data", [])
+        if data:
+            parts.append(f"{_cells(len(data))} trained on other data than this machine builds")
+        what = " and ".join(parts)
+        if rerun:
+            return f"training again {what} (--rerun-changed)"
+        them = "it" if len(code) + len(data) == 1 else "them"
+        return f"warning: reusing {what}; --rerun-changed trains {them} again"
 
-def changed_line(changed: Mapping[str, list[Mapping[str, str]]], commit: str | None,
-                 rerun: bool) -> str:  # fmt: skip
-    """One line about the finished cells whose code or data differs from this launch's:
-    `changed` maps "code" and "data" to the tags of their runs."""
-    parts = []
-    code = changed.get("code", [])
-    if code:
-        commits = sorted({tags.get(schema.GIT_COMMIT, "")[:12] or "unknown" for tags in code})
-        now = (commit or "unknown")[:12]
-        if commits == [now]:
-            where = f"commit {now} with other uncommitted changes"
-        else:
-            where = f"commit {', '.join(commits)}; this checkout: {now}"
-        parts.append(f"{_cells(len(code))} made by other code ({where})")
-    data = changed.get("data", [])
-    if data:
-        parts.append(f"{_cells(len(data))} trained on other data than this machine builds")
-    what = " and ".join(parts)
-    if rerun:
-        return f"training again {what} (--rerun-changed)"
-    them = "it" if len(code) + len(data) == 1 else "them"
-    return f"warning: reusing {what}; --rerun-changed trains {them} again"
+    def _other(self, runs: list[Mapping[str, str]]) -> str:
+        """Which code made `runs`: their commits against this checkout's, else digests."""
+        commits = sorted({tags.get(schema.GIT_COMMIT, "")[:12] for tags in runs} - {""})
+        now = (self.commit or "")[:12]
+        if commits and now:
+            if commits == [now]:
+                return f"commit {now} as here, with other uncommitted edits"
+            return f"commit {_some(commits)}; this checkout: {now}"
+        digests = sorted({tags.get(schema.CODE_DIGEST, "") for tags in runs} - {""})
+        return f"code digest {_some(digests) or 'not recorded'}; this code: {self.code}"
 
 
 def _cells(n: int) -> str:
     return f"{n} finished cell" + ("" if n == 1 else "s")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    """ "a, b, c and 2 more": a list cut short for one line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

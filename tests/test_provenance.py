@@ -136,14 +136,17 @@ def test_a_cell_of_other_code_is_reused_with_a_warning_or_trained_again_on_reque
     assert _relaunch(path, tracking_uri, capsys) == []  # same code, same data: silent reuse
     assert len(_cell_runs(client, "prov")) == 1
 
-    client.set_tag(run_id, schema.CODE_DIGEST, OTHER_CODE)  # as another checkout writes them
-    client.set_tag(run_id, schema.GIT_COMMIT, OTHER_COMMIT)
+    now = git_commit()
+    client.set_tag(run_id, schema.CODE_DIGEST, OTHER_CODE)  # as edits not committed write it
     (line,) = _relaunch(path, tracking_uri, capsys)
-    assert line.startswith(
-        "warning: reusing 1 finished cell made by other code (commit 0123456789ab;"
-    )
-    assert line.endswith("this checkout: " + (git_commit() or "unknown")[:12] + "); "
-                         "--rerun-changed trains it again")  # fmt: skip
+    where = (f"commit {now[:12]} as here, with other uncommitted edits" if now
+             else f"code digest {OTHER_CODE}; this code: {current_code_digest()}")  # fmt: skip
+    assert line == f"warning: reusing 1 finished cell made by other code ({where}); " \
+                   "--rerun-changed trains it again"  # fmt: skip
+    client.set_tag(run_id, schema.GIT_COMMIT, OTHER_COMMIT)  # as another checkout writes it
+    (line,) = _relaunch(path, tracking_uri, capsys)
+    if now:
+        assert "made by other code (commit 0123456789ab; this checkout: " + now[:12] in line
     assert len(_cell_runs(client, "prov")) == 1  # reused, not trained
 
     # --rerun-changed queues the cell for a worker (trained for real in the slow test below)

@@ -18,7 +18,8 @@ calls of up to 1000 points):
 Its one option, `--ray-address`, is declared here (`OPTIONS`) and reaches `make_pool` as
 `ray_address`; the command line and the launcher only pass it along. The shared option
 `cells_per_gpu` N makes each actor ask for 1/N of a GPU (`actor_gpus`), so Ray places N
-actors on each GPU.
+actors on each GPU. An actor that asks for a GPU no node has is never placed, so `check`
+refuses `--accelerator gpu` where Ray has no GPU to give, before anything is created.
 """
 
 from __future__ import annotations
