@@ -89,14 +89,16 @@ def run_grid(
     ray_address: str | None = None,
     cells_per_gpu: int | None = None,
     progress: bool = False,
+    rerun_changed: bool = False,
 ) -> GridRun:
     """Run a comparison grid, as `harness run` does, and say what was done.
 
     `grid` is a grid file's path, the grid as a mapping (parsed YAML), or a GridSpec; `sets`
     overrides its parameters as `--set` does ({"budget.steps": 50, "model.d_model": 32}).
     `experiment` None: $MLFLOW_EXPERIMENT_NAME, else the grid's name. Cells already FINISHED
-    in the experiment are skipped, so a second call resumes. A bad grid or option raises
-    UserError before any run exists; `progress` shows the progress bar.
+    in the experiment are skipped, so a second call resumes; those made by other code or
+    trained on other data are trained again with `rerun_changed` (as `--rerun-changed`). A bad
+    grid or option raises UserError before any run exists; `progress` shows the progress bar.
     """
     if backend not in backends.BACKENDS:
         raise UserError(f"--backend {backend!r}: choose from {', '.join(backends.BACKENDS)}")
@@ -118,7 +120,7 @@ def run_grid(
     from harness.store import absolute_uri, resolve_tracking_uri
 
     uri = absolute_uri(resolve_tracking_uri(tracking_uri))
-    outcome, uri = launch(checked, uri, Console(stderr=True), progress=progress)
+    outcome, uri = launch(checked, uri, Console(stderr=True), progress, rerun_changed)
     return GridRun(
         experiment=checked.experiment,
         tracking_uri=uri,
@@ -173,10 +175,15 @@ def check_run(
 
 
 def launch(
-    checked: CheckedRun, tracking_uri: str | None, console: Console, progress: bool = True
+    checked: CheckedRun,
+    tracking_uri: str | None,
+    console: Console,
+    progress: bool = True,
+    rerun_changed: bool = False,
 ) -> tuple[GridOutcome, str]:
     """`harness run`'s second step: check the store, the backend and every cell's data and
-    model, then create the runs and train them; the outcome and the tracking URI used."""
+    model, then create the runs and train them; the outcome and the tracking URI used.
+    `rerun_changed`: train again finished cells of other code or data (harness.provenance)."""
     from mlflow import MlflowClient
 
     from harness.launch import Launcher
@@ -185,12 +192,12 @@ def launch(
 
     uri = resolve_tracking_uri(tracking_uri)
     check_tracking_uri(uri)
-    backends.check(checked.backend, uri, checked.options)
+    backends.check(checked.backend, uri, checked.options, checked.accelerator)
     check_cells(checked.spec, checked.workers_here)  # every bad value stops here, before any run
     launcher = Launcher(
         checked.spec, MlflowClient(uri), checked.experiment, checked.workers,
         checked.accelerator, console, progress=progress, backend=checked.backend,
-        backend_options=checked.options,
+        backend_options=checked.options, rerun_changed=rerun_changed,
     )  # fmt: skip
     launcher.prepare()
     return launcher.run(), uri

@@ -3,9 +3,9 @@
 Heavy imports (torch, Lightning, MLflow) happen inside the commands that need them, so
 `harness --help` answers at once.
 
-About 510 lines: one parser and one short handler per subcommand (list, schema, train, run,
-status, report, export, ui), each reading as one screen; the work itself lives in the
-modules they call (`harness run`, `report` and `export` share theirs with harness.api).
+About 555 lines: one parser and one short handler per subcommand (list, schema, train, run,
+status, report, export, ui, completion), each reading as one screen; the work itself lives in
+the modules they call (`harness run`, `report` and `export` share theirs with harness.api).
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import harness
 from harness import backends
 from harness.errors import UserError
 from harness.telemetry import off_unless_chosen
+
+SHELLS = ("bash", "zsh")  # `harness completion SHELL`
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,10 +37,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import shtab  # `.complete`: what shell completion offers for an argument (files, folders)
+
     parser = argparse.ArgumentParser(
         prog="harness",
         description="Compare attention mechanisms and optimizers across tasks, tracked in MLflow.",
     )
+    parser.add_argument("--version", action="version", version=f"harness {harness.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="tasks, attention kinds and optimizers, with their parameters")
@@ -69,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_train)
 
     p = sub.add_parser("run", help="run a comparison grid from a YAML file")
-    p.add_argument("grid", help="grid spec, e.g. grids/quick.yaml")
+    p.add_argument("grid", help="grid spec, e.g. grids/quick.yaml").complete = shtab.FILE
     p.add_argument(
         "--workers",
         type=int,
@@ -91,18 +97,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cells-per-gpu", **backends.CELLS_PER_GPU_FLAG)
     p.add_argument("--dry-run", action="store_true", help="print the plan, create nothing")
+    p.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="train again the finished cells that other code made or that trained on other "
+        "data (by default they are reused, with a warning)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("status", help="cells done, pending, failed, diverged; chosen rates")
-    p.add_argument("target", help="a grid YAML file, or an experiment name")
+    p.add_argument(
+        "target", nargs="?", help="a grid YAML file, or an experiment name"
+    ).complete = shtab.FILE
+    p.add_argument(
+        "--experiment",
+        help="the experiment the grid was launched into (`harness run --experiment`; "
+        "default: the grid's name)",
+    )
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("report", help="HTML and PDF comparison report of an experiment")
     p.add_argument("experiment", help="MLflow experiment name (a grid's name)")
-    p.add_argument("--out", type=Path, help="output folder (default: reports/EXPERIMENT)")
+    p.add_argument(
+        "--out", type=Path, help="output folder (default: reports/EXPERIMENT)"
+    ).complete = shtab.DIRECTORY
     p.add_argument(
         "--format", default="html,pdf", help="comma-separated: html, pdf (default: html,pdf)"
     )
@@ -140,6 +161,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true", help="open the address in a web browser")
     _add_tracking_uri(p)
     p.set_defaults(handler=cmd_ui)
+
+    p = sub.add_parser(
+        "completion",
+        help="the shell completion script, on stdout (e.g. harness completion bash "
+        "> ~/.local/share/bash-completion/completions/harness)",
+    )
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    p.set_defaults(handler=cmd_completion)
     return parser
 
 
@@ -298,8 +327,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     try:
         outcome, uri = launch(
-            checked, args.tracking_uri, Console(stderr=True), progress=not args.no_progress
-        )
+            checked, args.tracking_uri, Console(stderr=True), progress=not args.no_progress,
+            rerun_changed=args.rerun_changed,
+        )  # fmt: skip
     except KeyboardInterrupt:
         print(
             "interrupted: running cells stopped and marked KILLED; "
@@ -356,12 +386,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     from harness.status import grid_status
     from harness.store import check_tracking_uri, resolve_tracking_uri
 
+    target = args.target
+    if target is None and args.experiment is None:
+        raise UserError("status: name a grid file or an experiment (or --experiment NAME)")
+    is_file = target is not None and (target.endswith((".yaml", ".yml")) or Path(target).is_file())
+    if target is not None and not is_file and args.experiment is not None:
+        raise UserError(f"--experiment {args.experiment}: only with a grid file "
+                        f"({target!r} names an experiment already)")  # fmt: skip
+    spec = load_grid(target) if is_file else None
     uri = resolve_tracking_uri(args.tracking_uri)
     check_tracking_uri(uri, existing=True)
-    is_file = args.target.endswith((".yaml", ".yml")) or Path(args.target).is_file()
-    spec = load_grid(args.target) if is_file else None
-    status = grid_status(MlflowClient(uri), spec, spec.name if spec else args.target)
-    print(status)
+    experiment = args.experiment or (spec.name if spec else target)
+    print(grid_status(MlflowClient(uri), spec, experiment))
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """The completion script for `args.shell`, made by shtab from this very parser."""
+    import shtab
+
+    print(shtab.complete(_parser(), shell=args.shell))
     return 0
 
 

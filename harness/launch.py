@@ -5,7 +5,9 @@ The launcher creates the experiment, the grid's parent run and every child run, 
 only process that writes a local store: workers send their metric batches, tags and artifacts
 back as typed writes (harness.backends.base). Re-running a grid skips every cell (by its cell
 id) that already has a FINISHED run; runs left RUNNING by a killed launcher or worker are
-marked KILLED and their cells run again. Each time a tune cell ends, `protocol_step`
+marked KILLED and their cells run again. A FINISHED run made by other code or on other data
+(harness.provenance) is reused all the same, with one line saying so, unless `rerun_changed`
+asks to train its cell again. Each time a tune cell ends, `protocol_step`
 (harness.grid) is asked again; it answers with the next rung's tune cells once a rung of
 successive halving is complete, and once the group's tuning is complete with the chosen rate
 and the final cells; new cells join the queue.
@@ -45,6 +47,7 @@ from harness.config import RunConfig
 from harness.errors import UserError
 from harness.grid import Group, TuneResult, groups, plan, plan_json, protocol_step, tune_rungs
 from harness.progress import GridProgress
+from harness.provenance import ReuseCheck
 from harness.retry import RetryingClient, TrackingUnreachable, tracking_deadline
 from harness.spec import GridSpec
 from harness.store import is_http
@@ -122,6 +125,7 @@ class Launcher:
         backend: str = "local",
         backend_options: Mapping[str, Any] | None = None,  # the backend's own (`ray_address`)
         deadline: float | None = None,  # s a tracking server may stay away (harness.retry)
+        rerun_changed: bool = False,  # train again finished cells of other code or data
     ) -> None:
         self.spec, self.console = spec, console
         self.client = _patient(client, console, deadline)
@@ -135,6 +139,9 @@ class Launcher:
         self.tune_results: dict[Group, list[TuneResult]] = defaultdict(list)
         self.released: set[Group] = set()  # groups whose final cells are queued
         self.queued: set[str] = set()  # cell ids queued or skipped in this launch
+        self.rerun_changed = rerun_changed
+        self.changed: list[tuple[str, Mapping[str, str]]] = []  # ("code" | "data", run tags)
+        self._told = 0  # how many of them a line has named
 
     # planning --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -146,22 +153,38 @@ class Launcher:
         self.client.set_experiment_tag(self.exp_id, VIEW_TAG, grid_view(metrics, self.spec.sweep))
         self._mark_stale(runs)
         self.done = schema.finished_by_cell(runs)
+        self.reuse = ReuseCheck(git_commit())
         for group in self.groups:
             self._release(group)
         self.total = plan(self.spec).cells
+        self._tell_changed()
 
     def _queue(self, cells: list[RunConfig], group: Group) -> None:
         """Cells without a FINISHED run wait for a worker; the others are skipped, and a
-        skipped tune cell's result is read back from its run."""
+        skipped tune cell's result is read back from its run. A FINISHED run of other code or
+        data is noted, and its cell waits for a worker too with `rerun_changed`."""
         for cfg in cells:
             self.queued.add(cfg.cell_id)
             run = self.done.get(cfg.cell_id)
-            if run is None:
+            why = None if run is None else self.reuse.changed(cfg, run.data.tags)
+            if why:
+                self.changed.append((why, run.data.tags))
+            if run is None or (why and self.rerun_changed):
                 self.pending.append((cfg, group))
             else:
                 self.outcome.counts[cfg.phase]["skipped"] += 1
                 if cfg.phase == "tune":
                     self.tune_results[group].append(TuneResult.from_run(cfg, run))
+
+    def _tell_changed(self) -> None:
+        """One line about the changed cells found since the last such line, if any."""
+        news: dict[str, list[Mapping[str, str]]] = defaultdict(list)
+        for why, tags in self.changed[self._told :]:
+            news[why].append(tags)
+        if news:
+            line = self.reuse.line(news, self.rerun_changed)
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+            self._told = len(self.changed)
 
     def _release(self, group: Group) -> None:
         """Queue the tune cells the protocol asks for and, once it knows their rate, the
@@ -218,6 +241,10 @@ class Launcher:
     # running ---------------------------------------------------------------------------
     def run(self) -> GridOutcome:
         started = time.perf_counter()
+        if not self.pending:  # every cell has a FINISHED run: no worker to start
+            self.client.set_terminated(self.parent_id, "FINISHED")
+            self.outcome.seconds = time.perf_counter() - started
+            return self.outcome
         pool = make_pool(
             self.backend, self.workers, self.accelerator, self.client.tracking_uri,
             self.backend_options,
@@ -244,6 +271,7 @@ class Launcher:
             self._interrupted(list(self.in_flight))
             raise
         pool.shutdown()
+        self._tell_changed()  # cells queued as tuning ended, skipped: after the progress bar
         self.client.set_terminated(self.parent_id, "FINISHED")
         self.outcome.seconds = time.perf_counter() - started
         return self.outcome

@@ -25,6 +25,10 @@ OUTCOME = "harness.outcome"  # ok | diverged | failed (| killed, set by the laun
 ERROR = "harness.error"  # the last line of what went wrong
 VERSION = "harness.version"
 GIT_COMMIT = "harness.git_commit"
+# Provenance (harness.provenance): the code and the data a run was made from
+CODE_DIGEST = "harness.code_digest"  # sha256 of the training code's source files (16 hex)
+DATA_DIGEST = "harness.data_digest"  # sha256 of the run's train, val and test data (16 hex)
+HELDOUT_DIGEST = "harness.heldout_digest"  # of its val and test data: one per task setting
 MLFLOW_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own, so its UI shows the commit
 MLFLOW_GIT_PREFIX = "mlflow.source.git."  # MLflow's git tags: commit, branch, repoURL
 PARENT = "mlflow.parentRunId"
@@ -40,6 +44,9 @@ RUNG = "harness.rung"  # tune cells under successive halving: "k/n", rung k (fro
 NO_ATTENTION_MAPS = "harness.no_attention_maps"  # why a finished run has no attention_maps.png
 NO_ATTENTION_STATS = "harness.no_attention_stats"  # why a run has no attn/* diagnostics
 ENV_PREFIX = "env."  # software and hardware versions, on the grid's parent
+PACKAGES = ("python", "torch", "pytorch_lightning", "mlflow")  # env.* on every run as well
+DATASET_CONTEXT = "mlflow.data.context"  # MLflow's tag on a run's dataset input: its split
+SPLITS = ("train", "val", "test")  # a run's data, each split an MLflow dataset input
 
 # MLflow's own tags, set by the harness. On runs: besides PARENT and MLFLOW_GIT_COMMIT, those
 # of MLflow's run context (mlflow.user, mlflow.source.name, mlflow.source.type, git branch).

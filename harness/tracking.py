@@ -38,6 +38,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 import harness
 from harness import schema
 from harness.config import RunConfig
+from harness.provenance import package_versions
 from tasks import get_task
 
 # MLflow's log_batch limits (documented): 1000 metrics, 100 params, 100 tags per call, and
@@ -258,21 +259,14 @@ def run_tags(cfg: RunConfig, grid: str, sweep: Mapping[str, Any] | None = None) 
 
 def environment_tags() -> dict[str, str]:
     """Software and hardware of the launching machine, for the report's appendix."""
-    import mlflow
-    import pytorch_lightning
-
     env = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "pytorch_lightning": pytorch_lightning.__version__,
-        "mlflow": mlflow.__version__,
         "platform": platform.platform(),
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": str(os.cpu_count()),
     }
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
-    return {schema.ENV_PREFIX + key: value for key, value in env.items()}
+    return package_versions() | {schema.ENV_PREFIX + key: value for key, value in env.items()}
 
 
 class StepMetrics(pl.Callback):

@@ -30,6 +30,7 @@ from harness.models.transformer import AttentionModel, n_params
 from harness.optim import build_optimizer, build_scheduler
 from harness.probe import log_attention_figure
 from harness.progress import StepProgress
+from harness.provenance import data_digests, dataset_inputs, run_provenance
 from harness.tracking import (
     MlflowRunLogger,
     StepMetrics,
@@ -147,6 +148,9 @@ def run_cell(
         logger.add_params({schema.DATA_PREFIX + k: str(v) for k, v in data_info.items()})
         logger.add_params({schema.N_PARAMS: str(n_params(module.model))})
         logger.add_tags({schema.ACCELERATOR: device.type})
+        digests = data_digests(data)  # what this process trains on, and its code and software
+        logger.add_tags(run_provenance(digests))
+        logger.client.log_inputs(logger.run_id, datasets=dataset_inputs(cfg, data, digests))
         outcome, fit_seconds = _fit_and_test(trainer, module, data, cfg, device, steps_cb)
         logger.client.log_text(logger.run_id, _json(cfg.to_dict(), indent=2), schema.CONFIG_JSON)
         if outcome == "ok":

@@ -12,8 +12,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from harness import backends, schema
 from harness.backends import local
@@ -22,6 +23,7 @@ from harness.backends.base import (
     Job,
     LogArtifact,
     LogBatch,
+    LogInputs,
     LogMetrics,
     LogParams,
     LogTags,
@@ -30,12 +32,12 @@ from harness.backends.base import (
     Terminate,
 )
 from harness.backends.local import LocalPool, PipeSink
-from harness.cli import _parser
+from harness.cli import _parser, main
 from harness.config import resolve
 from harness.errors import UserError
 from harness.tracking import MlflowRunLogger, experiment_id, run_tags
 
-WRITES = (LogBatch, LogMetrics, LogParams, LogTags, LogArtifact, Terminate)
+WRITES = (LogBatch, LogMetrics, LogParams, LogTags, LogArtifact, LogInputs, Terminate)
 TINY = {  # a 4-symbol copy, a 16-wide one-layer model: seconds on 2 cores
     "task.length": 4,
     "task.n_train": 256,
@@ -46,6 +48,9 @@ TINY = {  # a 4-symbol copy, a 16-wide one-layer model: seconds on 2 cores
     "train.batch_size": 32,
     "train.val_every": 5,
 }
+
+
+DATASET = ("copy", "0a1b", "harness_task", '{"task": "copy"}', None, None)  # a LogInputs entry
 
 
 def _run(client: MlflowClient) -> str:
@@ -66,6 +71,7 @@ def test_every_write_applies_itself_to_a_real_store(client: MlflowClient, tmp_pa
         ),
         LogArtifact(run_id, schema.CONFIG_JSON, b'{"lr": 0.01}'),
         LogArtifact(run_id, "figures/maps.png", b"\x89PNG bytes"),
+        LogInputs(run_id, [(DATASET, [(schema.DATASET_CONTEXT, "train")])]),
         Terminate(run_id, "FINISHED"),
     ]
     for write in writes:
@@ -81,6 +87,11 @@ def test_every_write_applies_itself_to_a_real_store(client: MlflowClient, tmp_pa
     assert json.loads(config.read_text()) == {"lr": 0.01}
     figure = Path(client.download_artifacts(run_id, "figures/maps.png", str(tmp_path)))
     assert figure.read_bytes() == b"\x89PNG bytes"
+    (used,) = run.inputs.dataset_inputs
+    assert (used.dataset.name, used.dataset.digest, used.dataset.source) == (
+        "copy", "0a1b", '{"task": "copy"}',
+    )  # fmt: skip
+    assert [(t.key, t.value) for t in used.tags] == [(schema.DATASET_CONTEXT, "train")]
 
 
 def test_a_pipe_sink_sends_typed_writes_that_arrive_whole(client: MlflowClient) -> None:
@@ -95,12 +106,16 @@ def test_a_pipe_sink_sends_typed_writes_that_arrive_whole(client: MlflowClient) 
         tags=[RunTag(schema.PHASE, "tune")],
     )
     sink.log_dict(run_id, {"n_tokens": [4]}, schema.TEST_OUTCOMES)
+    dataset = Dataset("copy", "9f8e", "harness_task", "{}", profile='{"num_rows": 4}')
+    sink.log_inputs(
+        run_id, datasets=[DatasetInput(dataset, [InputTag(schema.DATASET_CONTEXT, "val")])]
+    )
     sink.set_terminated(run_id, "FAILED")
     received = []
     while here.poll(1):
         received.append(here.recv())
     # one log_batch call stays one write: the launcher applies it as one call
-    assert [type(m) for m in received] == [LogBatch, LogArtifact, Terminate]
+    assert [type(m) for m in received] == [LogBatch, LogArtifact, LogInputs, Terminate]
     assert all(m.run_id == run_id for m in received)
     for write in received:
         write.apply(client)
@@ -109,6 +124,9 @@ def test_a_pipe_sink_sends_typed_writes_that_arrive_whole(client: MlflowClient) 
     assert run.data.metrics == {schema.GRAD_NORM: 0.5} and run.data.params == {"seed": "0"}
     assert run.data.tags[schema.PHASE] == "tune"
     assert {a.path for a in client.list_artifacts(run_id)} == {schema.TEST_OUTCOMES}
+    (used,) = run.inputs.dataset_inputs
+    assert (used.dataset.digest, used.dataset.profile) == ("9f8e", '{"num_rows": 4}')
+    assert [(t.key, t.value) for t in used.tags] == [(schema.DATASET_CONTEXT, "val")]
 
 
 def test_a_local_pool_trains_a_cell_and_reports_it_in_typed_events(client: MlflowClient) -> None:
@@ -137,14 +155,17 @@ def test_a_local_pool_trains_a_cell_and_reports_it_in_typed_events(client: Mlflo
     assert all(isinstance(e, WRITES) and e.run_id == logger.run_id for e in events[:-1])
     assert done.outcome == "ok" and schema.VAL_LOSS in done.metrics
     # A short run's points, params and tags cost the launcher one log_batch, sent as the
-    # run ends: after its artifacts, before Terminate (so a FINISHED run is whole) and `Done`.
-    assert [type(e) for e in events] == [*[LogArtifact] * 3, LogBatch, Terminate, Done]
+    # run ends: after its artifacts, before Terminate (so a FINISHED run is whole) and `Done`;
+    # its datasets (harness.provenance) one log_inputs, as soon as its data is built.
+    assert [type(e) for e in events] == [LogInputs, *[LogArtifact] * 3, LogBatch, Terminate, Done]
     artifacts = {e.path for e in events if isinstance(e, LogArtifact)}
     assert artifacts == {schema.CONFIG_JSON, schema.TEST_OUTCOMES, schema.ATTENTION_MAPS}
     run = client.get_run(logger.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[schema.OUTCOME] == "ok"
     metric = run.data.tags[schema.METRIC]
     assert run.data.metrics[schema.val_metric(metric)] == done.metrics[schema.val_metric(metric)]
+    inputs = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"train", "val", "test"} and len(set(inputs.values())) == 3
 
 
 def _run_args(*argv: str):
@@ -262,3 +283,26 @@ def test_a_ray_actor_asks_for_its_share_of_a_gpu() -> None:
 
     assert actor_gpus(True, 4) == 0.25 and actor_gpus(True, 1) == 1.0
     assert actor_gpus(False, 4) == 0
+
+
+# --------------------------------------------------------------------------- Ray and GPUs
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU to give")
+def test_ray_is_not_asked_for_a_gpu_this_machine_lacks(
+    tracking_uri: str, client: MlflowClient, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Actors asking Ray for a GPU that no node has would wait for ever: refused up front,
+    before Ray starts or any run exists (tests/test_scaling.py asks a running Ray instance)."""
+    ray = pytest.importorskip("ray", reason="the `ray` extra")
+    grid = tmp_path / "gpu.yaml"
+    grid.write_text("name: gpu\ntasks: [copy]\nattention: [dot]\noptimizers: [adam]\n")
+    argv = ["run", str(grid), "--backend", "ray", "--tracking-uri", tracking_uri]
+    assert main([*argv, "--accelerator", "gpu"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "error: --accelerator gpu: this machine has no GPU for Ray to give the workers "
+        "(use --accelerator cpu, or a cluster with GPUs)"
+    )
+    assert client.get_experiment_by_name("gpu") is None and not ray.is_initialized()
+    backends.check("ray", tracking_uri, {}, "cpu")  # no GPU asked for: nothing to check

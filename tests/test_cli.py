@@ -1,17 +1,24 @@
-"""The command line: `harness list`, and every bad input ending in exit 2, one line, no run."""
+"""The command line: `harness list`, `--version`, shell completion, `status` of a grid launched
+into another experiment, and every bad input ending in exit 2, one line, no run."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Param
 
+import harness
+from harness import schema
 from harness.cli import main
+from harness.grid import final_cells, groups
 from harness.models.attention import ATTENTION
 from harness.optim import OPTIMIZERS
+from harness.spec import load_grid
 from tasks import TASKS
 
 
@@ -84,3 +91,86 @@ def test_console_script_exit_code_and_missing_store_folder(tmp_path: Path) -> No
         f"error: tracking URI {uri}: folder {tmp_path}/no/such/folder does not exist"
     ]
     assert not (tmp_path / "no").exists()
+
+
+def test_version_is_the_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"harness {harness.__version__}\n"
+
+
+def test_bash_completion_completes_commands_flags_and_grid_files(tmp_path: Path) -> None:
+    """The script `harness completion bash` prints, loaded into a real bash."""
+    script = tmp_path / "harness.bash"
+    script.write_text(_completion("bash"))
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "grids" / "quick.yaml").write_text("name: quick\n")
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(("harness", *words))
+        probe = (f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words)}; "
+                 'COMP_LINE="$*"; _shtab_harness; printf "%s\\n" "${COMPREPLY[@]}"')  # fmt: skip
+        done = subprocess.run(["bash", "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("ru") == ["run"]
+    assert complete("run", "--rerun") == ["--rerun-changed"]
+    assert complete("run", "grids/q") == ["grids/quick.yaml"]
+    assert complete("completion", "z") == ["zsh"]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+def test_zsh_completion_is_a_zsh_script(tmp_path: Path) -> None:
+    script = tmp_path / "_harness"
+    script.write_text(_completion("zsh"))
+    done = subprocess.run(["zsh", "-n", str(script)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert script.read_text().startswith("#compdef harness")
+
+
+def _completion(shell: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "harness", "completion", shell],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_status_reads_a_grid_launched_into_another_experiment(
+    client: MlflowClient, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`harness run grid.yaml --experiment elsewhere`, then `harness status grid.yaml
+    --experiment elsewhere`: the finished cell is found where the grid put it."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "name: g\nprotocol: fixed\ntasks: [copy]\nattention: [dot]\n"
+        "optimizers: [{name: adam, lr: 0.001}]\nseeds: [0, 1]\n"
+    )
+    spec = load_grid(str(grid))
+    (group,) = groups(spec)
+    cfg = final_cells(spec, group, group.fixed_lr)[0]
+    tags = {schema.CELL_ID: cfg.cell_id, schema.GRID: "g", schema.PHASE: "final",
+            schema.OUTCOME: "ok"}  # fmt: skip
+    run = client.create_run(client.create_experiment("elsewhere"), tags=tags)
+    params = [Param(k, v) for k, v in cfg.flat_params().items()]
+    client.log_batch(run.info.run_id, params=params)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    uri = ["--tracking-uri", tracking_uri]
+
+    def status(*argv: str) -> tuple[int, str, str]:
+        code = main(["status", *argv, *uri])
+        out, err = capsys.readouterr()
+        return code, out, err.strip()
+
+    code, out, _ = status(str(grid), "--experiment", "elsewhere")
+    assert code == 0 and out.startswith("experiment 'elsewhere', grid 'g' (fixed)")
+    assert ["final", "1", "0", "0", "0", "1"] in [line.split() for line in out.splitlines()]
+    assert status(str(grid)) == (2, "", "error: no experiment 'g' in the tracking store")
+    code, out, _ = status("--experiment", "elsewhere")  # the experiment alone, by the option
+    assert code == 0 and out.startswith("experiment 'elsewhere'\n")
+    assert "copy/dot/adam: 0.001" in out
+    code, _, err = status("elsewhere", "--experiment", "other")
+    assert code == 2 and err.startswith("error: --experiment other: only with a grid file")
+    code, _, err = status()
+    assert code == 2 and len(err.splitlines()) == 1

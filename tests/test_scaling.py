@@ -240,3 +240,18 @@ def test_harness_ui_bad_host_or_port_exits_2(
 ) -> None:
     assert main(["ui", "--tracking-uri", tracking_uri, *args]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow  # needs the module's Ray instance, started by the slow tests above
+def test_a_gpu_grid_on_a_ray_instance_without_gpus_is_refused(
+    local_ray: None, tracking_uri: str, client: MlflowClient, tmp_path: Path, capsys
+) -> None:
+    assert ray.cluster_resources().get("GPU", 0) == 0  # ray.init(num_cpus=2): no GPU
+    path = write_grid(tmp_path, "no_gpu")
+    code = main(["run", str(path), "--backend", "ray", "--accelerator", "gpu",
+                 "--tracking-uri", tracking_uri])  # fmt: skip
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--accelerator gpu" in line and "has no GPU for Ray to give the workers" in line
+    assert client.get_experiment_by_name("no_gpu") is None  # nothing was created
+    assert ray.is_initialized()  # the instance it found is left as it was

@@ -4,7 +4,8 @@ on a local Ray instance or a Ray cluster).
 Each backend is a module here named for it that offers:
 - `OPTIONS`: its command-line options, flag -> argparse keywords (`--ray-address`), which
   `harness run` adds and which reach the backend's functions as keywords (`ray_address`);
-- `check(tracking_uri, **options)`: refuses, before anything is created, what cannot work;
+- `check(tracking_uri, accelerator, **options)`: refuses, before anything is created, what
+  cannot work (a Ray cluster without GPUs for `--accelerator gpu`);
 - `make_pool(workers, accelerator, tracking_uri, **options)`: a `Pool` (harness.backends.base),
   `workers` None meaning the backend's own default;
 - `workers_here(workers, **options)`: how many of its workers run on this machine (for the
@@ -90,8 +91,8 @@ def check_cells_per_gpu(cells_per_gpu: Any, accelerator: str | None = None) -> N
         )
 
 
-def check(name: str, tracking_uri: str, options: dict[str, Any]) -> None:
-    backend(name).check(tracking_uri, **options)
+def check(name: str, tracking_uri: str, options: dict[str, Any], accelerator: str = "auto") -> None:
+    backend(name).check(tracking_uri, accelerator, **options)
 
 
 def make_pool(

@@ -3,7 +3,8 @@
 The launcher hands a `Job` (one cell and the run created for it) to a pool and polls it for
 events: the store writes a worker made (one dataclass per kind of write: `LogBatch`, which
 carries a run's points, params and tags together as one `log_batch` call, `LogArtifact`,
-`Terminate`; and the single-kind `LogMetrics`, `LogParams`, `LogTags`), a `Done` when a cell
+`LogInputs` (the run's datasets), `Terminate`; and the single-kind `LogMetrics`, `LogParams`,
+`LogTags`), a `Done` when a cell
 has ended, a `Lost` when a worker died with its cell. A write knows how to apply itself to
 an `MlflowClient`, so the launcher, the one writer of a local store, applies them in the
 order they came.
@@ -117,6 +118,24 @@ class LogArtifact:
 
 
 @dataclass(frozen=True)
+class LogInputs:
+    """One `log_inputs` call: the run's MLflow datasets, each as (name, digest, source type,
+    source, schema, profile) and its input tags (such as `mlflow.data.context`)."""
+
+    run_id: str
+    datasets: list[tuple[tuple[str, str, str, str, str | None, str | None], list[tuple[str, str]]]]
+
+    def apply(self, client: Any) -> None:
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(Dataset(*fields), [InputTag(*tag) for tag in tags])
+            for fields, tags in self.datasets
+        ]
+        client.log_inputs(self.run_id, datasets=inputs)
+
+
+@dataclass(frozen=True)
 class Terminate:
     run_id: str
     status: str  # FINISHED | FAILED | KILLED
@@ -125,7 +144,7 @@ class Terminate:
         client.set_terminated(self.run_id, self.status)
 
 
-Write = LogBatch | LogMetrics | LogParams | LogTags | LogArtifact | Terminate
+Write = LogBatch | LogMetrics | LogParams | LogTags | LogArtifact | LogInputs | Terminate
 Event = Write | Done | Lost  # what `Pool.poll` yields
 
 

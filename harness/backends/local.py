@@ -38,12 +38,13 @@ from harness.backends.base import (
     Job,
     LogArtifact,
     LogBatch,
+    LogInputs,
     Lost,
     Terminate,
 )
 
 if TYPE_CHECKING:
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import DatasetInput, Metric, Param, RunTag
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 CUDA_DEVICES = "CUDA_VISIBLE_DEVICES"
@@ -52,9 +53,9 @@ PNG_COMPRESS_LEVEL = 1
 OPTIONS: dict[str, dict[str, Any]] = {}  # command-line options of this backend: none
 
 
-def check(tracking_uri: str, cells_per_gpu: int | None = None) -> None:
+def check(tracking_uri: str, accelerator: str = "auto", cells_per_gpu: int | None = None) -> None:
     """Before anything is created: workers reach the store through the launcher, so only
-    the option's value is checked."""
+    the option's value is checked (Lightning names a missing GPU itself, in the worker)."""
     check_cells_per_gpu(cells_per_gpu)
 
 
@@ -143,6 +144,15 @@ class PipeSink:
         buffer = io.BytesIO()
         image.save(buffer, format="png", compress_level=PNG_COMPRESS_LEVEL)
         self.conn.send(LogArtifact(run_id, artifact_file, buffer.getvalue()))
+
+    def log_inputs(self, run_id: str, datasets: Sequence[DatasetInput] = ()) -> None:
+        """The run's datasets, as one message."""
+        entries = []
+        for item in datasets:
+            d = item.dataset
+            fields = (d.name, d.digest, d.source_type, d.source, d.schema, d.profile)
+            entries.append((fields, [(tag.key, tag.value) for tag in item.tags]))
+        self.conn.send(LogInputs(run_id, entries))
 
     def set_terminated(self, run_id: str, status: str) -> None:
         self.conn.send(Terminate(run_id, status))

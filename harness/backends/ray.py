@@ -18,7 +18,8 @@ calls of up to 1000 points):
 Its one option, `--ray-address`, is declared here (`OPTIONS`) and reaches `make_pool` as
 `ray_address`; the command line and the launcher only pass it along. The shared option
 `cells_per_gpu` N makes each actor ask for 1/N of a GPU (`actor_gpus`), so Ray places N
-actors on each GPU.
+actors on each GPU. An actor that asks for a GPU no node has is never placed, so `check`
+refuses `--accelerator gpu` where Ray has no GPU to give, before anything is created.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ from harness.retry import tracking_deadline
 from harness.store import is_http
 
 LOCAL = (None, "", "local")  # --ray-address values that mean "start Ray on this machine"
+GPU_ACCELERATORS = ("gpu", "cuda")  # --accelerator values that make each actor ask for a GPU
 QUEUE_BATCH = 1000  # queue items taken per poll
+_INIT: dict[str, Any] = {  # how the launcher starts or joins Ray: quiet, no dashboard
+    "include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
+    "configure_logging": True,
+}  # fmt: skip
 
 OPTIONS: dict[str, dict[str, Any]] = {  # command-line options of this backend
     "--ray-address": {
@@ -67,12 +73,17 @@ def make_pool(
 
 
 def check(
-    tracking_uri: str, ray_address: str | None = None, cells_per_gpu: int | None = None
+    tracking_uri: str,
+    accelerator: str = "auto",
+    ray_address: str | None = None,
+    cells_per_gpu: int | None = None,
 ) -> None:
-    """Before anything is created: Ray is installed, and remote workers can reach the store."""
+    """Before anything is created: Ray is installed, remote workers can reach the store, and
+    a GPU run has GPUs to ask for (an actor that asks Ray for a GPU the cluster lacks waits
+    for ever)."""
     check_cells_per_gpu(cells_per_gpu)
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
         raise UserError(
             "--backend ray: Ray is not installed (pip install 'attention-harness[ray]')"
@@ -83,6 +94,33 @@ def check(
             "machines cannot write to a local store; start an MLflow tracking server and pass "
             "--tracking-uri http://HOST:PORT (README: Scaling out)"
         )
+    if accelerator in GPU_ACCELERATORS and _gpus(ray, ray_address) == 0:
+        where = "this machine" if ray_address in LOCAL else f"the Ray cluster at {ray_address}"
+        raise UserError(
+            f"--accelerator {accelerator}: {where} has no GPU for Ray to give the workers "
+            "(use --accelerator cpu, or a cluster with GPUs)"
+        )
+
+
+def _gpus(ray: Any, ray_address: str | None) -> float:
+    """GPUs Ray can give actors: the cluster's (connected to for the question, then left as
+    it was), or with Ray still to start on this machine, the GPUs CUDA sees here (what Ray
+    finds when it starts)."""
+    if ray.is_initialized():
+        return ray.cluster_resources().get("GPU", 0)
+    if ray_address in LOCAL:
+        import torch
+
+        return torch.cuda.device_count()
+    try:
+        ray.init(address=ray_address, **_INIT)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"--ray-address {ray_address}: cannot connect ({message})") from None
+    try:
+        return ray.cluster_resources().get("GPU", 0)
+    finally:
+        ray.shutdown()
 
 
 class _QueueConn:
@@ -141,13 +179,11 @@ class RayPool:
         self.started_ray = not ray.is_initialized()
         local = address in LOCAL  # Ray on this machine, not a cluster
         if self.started_ray:
-            init = dict(include_dashboard=False, log_to_driver=False,
-                        logging_level=logging.WARNING, configure_logging=True)  # fmt: skip
             if local:
-                _init_loopback(ray, num_cpus=workers or os.cpu_count(), **init)
+                _init_loopback(ray, num_cpus=workers or os.cpu_count(), **_INIT)
             else:
-                ray.init(address=address, **init)
-        on_gpu = accelerator in ("gpu", "cuda") or _auto_gpu(ray, accelerator)
+                ray.init(address=address, **_INIT)
+        on_gpu = accelerator in GPU_ACCELERATORS or _auto_gpu(ray, accelerator)
         workers = workers or _default_actors(ray, cells_per_gpu if on_gpu else None)
         direct = is_http(tracking_uri)  # actors write to the server themselves
         self.queue = None if direct else Queue()

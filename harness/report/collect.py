@@ -55,7 +55,8 @@ RUN_COLUMNS = [
     "optimizer", "lr", "seed", "steps", "cell_id", "sweep", "sweep_values", "metric",
     "metric_label", "metric_low", "metric_high", "target", "higher_is_better", "val", "test",
     "error", "diverged_at", "accelerator", "n_params", "n_train", "n_val", "n_test", "chance",
-    "attn_keys", "start_time", "end_time", "params"
+    "attn_keys", "start_time", "end_time", "params", "git_commit", "code_digest", "data_digest",
+    "heldout_digest", *(schema.ENV_PREFIX + package for package in schema.PACKAGES),
 ]  # fmt: skip
 
 
@@ -270,6 +271,13 @@ def _row(run: Run) -> dict[str, Any]:
         "start_time": run.info.start_time or 0,
         "end_time": run.info.end_time,
         "params": dict(params),
+        # provenance (harness.provenance): "" where the run did not record it
+        "git_commit": tags.get(schema.GIT_COMMIT, ""),
+        "code_digest": tags.get(schema.CODE_DIGEST, ""),
+        "data_digest": tags.get(schema.DATA_DIGEST, ""),
+        "heldout_digest": tags.get(schema.HELDOUT_DIGEST, ""),
+        # the versions of Python, torch, ... that trained it ("env.python": "3.11.7")
+        **{key: tags.get(key, "") for key in RUN_COLUMNS if key.startswith(schema.ENV_PREFIX)},
     }
 
 

@@ -18,6 +18,7 @@ from harness import schema
 from harness.report import stats
 from harness.report.collect import Experiment
 from harness.report.figures import ACROSS, Drawn
+from harness.report.provenance import provenance
 from harness.ui import compare_url
 
 
@@ -71,6 +72,7 @@ def _context(exp: Experiment, numbers: stats.Statistics, drawn: Drawn) -> dict[s
         "plan_known": exp.plan_known,
         "grid_yaml": parent.get("grid_yaml"),
         "environment": _environment(exp),
+        "provenance": provenance(runs),  # code, data and software behind the numbers
         "ui_hint": _ui_hint(exp.ui_url),
         "runs": [
             {
