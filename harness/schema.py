@@ -152,6 +152,22 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str = ""
             return runs
 
 
+def experiment_named(client: MlflowClient, name: str, where: str = "the tracking store") -> Any:
+    """The experiment called `name`; a UserError (one line) when the store cannot be read or
+    holds no such experiment (`where` names the store in that line)."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.errors import UserError
+
+    try:
+        exp = client.get_experiment_by_name(name)
+    except MlflowException as err:
+        raise UserError(f"cannot read the tracking store: {err.message.splitlines()[0]}") from None
+    if exp is None:
+        raise UserError(f"no experiment {name!r} in {where}")
+    return exp
+
+
 def is_cell(run: Run) -> bool:
     """A run of one cell, not a grid's parent run."""
     return CELL_ID in run.data.tags

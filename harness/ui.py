@@ -26,7 +26,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from harness import schema
-from harness.errors import UserError
 
 WORKFLOW = "workflowType=machine_learning"
 VIEW_KEY = "harness"  # the shared view the harness records: mlflow.sharedViewState.harness
@@ -53,14 +52,9 @@ def compare_url(ui_url: str, experiment_id: str, run_ids: Sequence[str]) -> str:
 def experiment_address(client: Any, ui_url: str, experiment: str) -> str:
     """The runs table of `experiment` at `ui_url`, in the harness's view when a launch
     recorded one; a UserError when the store cannot be read or has no such experiment."""
-    from mlflow.exceptions import MlflowException
+    from harness import schema
 
-    try:
-        exp = client.get_experiment_by_name(experiment)
-    except MlflowException as err:
-        raise UserError(f"cannot read the tracking store: {err.message.splitlines()[0]}") from None
-    if exp is None:
-        raise UserError(f"no experiment {experiment!r} in {client.tracking_uri}")
+    exp = schema.experiment_named(client, experiment, where=client.tracking_uri)
     return runs_table_url(ui_url, exp.experiment_id, view=VIEW_TAG in exp.tags)
 
 

@@ -36,7 +36,6 @@ import pandas as pd
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 
 from harness import schema
 from harness.errors import UserError
@@ -161,12 +160,7 @@ def _read(
 
 def find_experiment(client: MlflowClient, experiment: str) -> Any:
     """The experiment, checked before any work starts: it exists and has a harness run."""
-    try:
-        exp = client.get_experiment_by_name(experiment)
-    except MlflowException as err:
-        raise UserError(f"cannot read the tracking store: {err.message.splitlines()[0]}") from None
-    if exp is None:
-        raise UserError(f"no experiment {experiment!r} in the tracking store")
+    exp = schema.experiment_named(client, experiment)
     some = client.search_runs([exp.experiment_id], schema.CELL_RUNS, max_results=1)
     if not some:
         raise UserError(f"experiment {experiment!r} has no harness runs to report on")
