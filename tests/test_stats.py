@@ -343,6 +343,9 @@ def test_a_diverged_seed_counts_at_chance_everywhere(client: MlflowClient, tmp_p
     shown = next(r for r in results if r["attention"] == "dot")
     assert (shown["n"], shown["diverged"]) == ("3", "2")
     assert "diverged (counted at chance): dot + adam 2 of 3" in html  # a figure caption
+    summary = html[html.index('id="summary"') : html.index('id="results"')]
+    assert "Partial results" not in summary  # a diverged run has a result; the grid is whole
+    assert "2 final run(s), counted at the task's chance level" in summary
 
 
 def test_without_a_recorded_chance_level_a_diverged_run_counts_as_zero_accuracy(

@@ -31,7 +31,9 @@ def _context(exp: Experiment, numbers: stats.Statistics, drawn: Drawn) -> dict[s
     table = numbers.table
     runs = exp.runs
     parent = exp.parent
-    problems = runs[runs.current & (runs.outcome.isin(["failed", "killed", "diverged"]))]
+    current = runs[runs.current]
+    broken = current[current.outcome.isin(["failed", "killed"])]  # no result: the grid is partial
+    diverged = current[current.outcome == "diverged"]  # a result: ranked last, or scored at chance
     grid_name = parent.get("tags", {}).get(schema.GRID) or ", ".join(runs.phase.unique())
     return {
         "title": f"Attention × optimizer comparison: {exp.name}",
@@ -43,7 +45,9 @@ def _context(exp: Experiment, numbers: stats.Statistics, drawn: Drawn) -> dict[s
         "counts": {
             "final": int((exp.final.phase == "final").sum()),
             "tune": len(exp.tune),
-            "problems": len(problems),
+            "broken": len(broken),
+            "diverged_tune": int((diverged.phase == "tune").sum()),
+            "diverged_final": int((diverged.phase == "final").sum()),
             "missing": len(exp.missing),
         },
         "tasks": list(dict.fromkeys(table.task)),
