@@ -61,6 +61,7 @@ class MlflowServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     env: dict[str, str] = field(default_factory=dict)  # extra variables for the server
+    workers: int = 1  # server processes (MLflow's default is 4)
 
     @property
     def url(self) -> str:
@@ -70,7 +71,8 @@ class MlflowServer:
         command = [sys.executable, "-m", "mlflow", "server",
                    "--backend-store-uri", self.store,
                    "--artifacts-destination", str(self.artifacts),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]  # fmt: skip
+                   "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", str(self.workers)]  # fmt: skip
         # No job runner: it starts a handful of extra processes these tests never use.
         quiet = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env = os.environ | quiet | self.env
