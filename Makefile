@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-stamp
 
-.PHONY: setup setup-services demo medium test test-slow lint format clean
+.PHONY: setup setup-services demo medium cluster-demo test test-slow lint format clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,13 @@ demo: setup
 medium: setup
 	$(BIN)/harness run grids/medium.yaml
 	$(BIN)/harness report medium
+
+# grids/cluster_demo.yaml on a two-node Ray cluster started on this machine (a head and a
+# worker node, one CPU each, every port on 127.0.0.1) logging to an MLflow tracking server
+# (SQLite in a temporary folder), then `harness status` with the cells each node trained.
+# Everything it starts is stopped when it ends, however it ends (it never runs `ray stop`).
+cluster-demo: setup
+	$(BIN)/python scripts/cluster_demo.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -172,16 +172,18 @@ def worker_main(conn: Connection, threads: int, accelerator: str, gpu: str | Non
         conn.send(run_job(sink, job, accelerator))
 
 
-def run_job(client: Any, job: Job, accelerator: str) -> Done:
+def run_job(client: Any, job: Job, accelerator: str, node: str | None = None) -> Done:
     """Train one cell into its run through `client` (an MlflowClient or a sink); every
-    backend's workers call this."""
+    backend's workers call this. `node`: where it trains, as the run's harness.node tag says
+    (default: this host's name)."""
     from harness.config import RunConfig
     from harness.tracking import MlflowRunLogger
     from harness.train import run_cell
 
     cfg = RunConfig(**job.cfg)
     try:
-        result = run_cell(cfg, MlflowRunLogger(client, job.run_id), accelerator=accelerator)
+        logger = MlflowRunLogger(client, job.run_id)
+        result = run_cell(cfg, logger, accelerator=accelerator, node=node)
     except Exception:  # run_cell has recorded the error in the run, which is FAILED
         return Done(job.run_id, "failed")
     return Done(job.run_id, result.outcome, result.metrics, result.seconds, result.fit_seconds)
