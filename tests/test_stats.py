@@ -843,3 +843,30 @@ def test_a_winners_verdict_says_a_shared_reason_once() -> None:
 
     text = _grouped([("a", "Holm p = 1; why"), ("b", "Holm p = 0.5"), ("c", "Holm p = 1; why")])
     assert text == "a and c (each Holm p = 1; why), or from b (Holm p = 0.5)"
+
+
+def test_a_diverged_run_never_scores_above_a_finished_run(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """bpc's chance level is the unigram bpc, and a run that finished undertrained can be worse
+    than that. A diverged run counts as the worse of the chance level and the worst finished
+    score of its task, so a configuration that diverged on every seed is never ranked, or
+    called significantly better, above one that finished."""
+    bpc = {"metric": "bpc", "task": "char_lm", "chance": 3.0}
+    seeds = range(1, 8)  # 7 seeds: 3 comparisons can pass Holm's first step
+    runs = [Run("dot", "adam", s, correct_with(90 + s % 3, s), **bpc) for s in seeds]
+    runs += [Run("multihead", "adam", s, correct_with(s % 3, 10 + s), **bpc) for s in seeds]
+    runs += [Run("additive", "adam", s, None, **bpc) for s in seeds]
+    write_experiment(client, "undertrained", runs)
+    exp, sc, table = analyse(client, "undertrained")
+    multihead, additive = row_of(table, "multihead"), row_of(table, "additive")
+    worst = exp.final[exp.final.attention == "multihead"].test.max()
+    assert multihead["mean"] > 3.0  # finished, worse than the chance level
+    assert additive["mean"] == pytest.approx(worst)  # diverged: the worst finished score
+    assert any("worse than the chance level" in note for note in sc.notes)
+    ranked = stats.ranking(table, sc)
+    assert ranked.config.tolist()[-1] == "additive + adam"
+    tests = stats.comparisons(exp, sc)
+    pair = tests[(tests.a == "additive") & (tests.b == "multihead")].iloc[0]
+    assert pair.better == "multihead" and not pair.significant
+    assert stats.winners(exp, table, sc).winners[0] == ["dot + adam"]

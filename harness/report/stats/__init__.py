@@ -9,7 +9,12 @@ seed share the training stream, so runs PAIR BY SEED across configurations.
 Scores. A run's score is its test metric. A diverged run is never dropped: it scores the
 task's chance level (param `data.chance`, e.g. chance accuracy or the unigram bpc). Without that
 param (older runs) it scores the worst end of the metric's range when that is finite (0 for
-accuracy), else the worst finite score seen on the task, and the report says so. Failed,
+accuracy), else the worst finite score seen on the task, and the report says so. It never
+scores better than the worst finished run of its task and sweep point: a run can finish worse
+than chance (an undertrained language model above the unigram bpc), and a diverged run scored
+at chance would then rank above it; it counts at that worst finished score instead, with a
+note. The bound is the same whichever configuration a run belongs to, so the paired tests'
+exchangeability under no difference is kept. Failed,
 killed and missing cells are not scores; section 5 lists them.
 
 Intervals of a configuration's mean, a stated parametric method built on the seed and test-set

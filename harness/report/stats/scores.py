@@ -171,6 +171,7 @@ def _scored_runs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     if not diverged.empty:
         chance = [_chance(r, runs, ok, notes) for r in diverged.itertuples()]
         out.loc[out.diverged, "score"] = chance
+        _no_better_than_finished(out, notes)
     lost = out[~np.isfinite(out.score.astype(float))]
     if not lost.empty:
         notes.append(
@@ -178,6 +179,35 @@ def _scored_runs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
             "(no data.chance and no finite score on the task); they are left out."
         )
     return out[np.isfinite(out.score.astype(float))]
+
+
+def _no_better_than_finished(out: pd.DataFrame, notes: list[str]) -> None:
+    """In place: a diverged run's score is at most the worst finished score of its sweep point
+    (the worse of the two for the metric's direction). A run can finish worse than the chance
+    level (an undertrained language model above the unigram bpc, a classifier below the
+    majority class); scored at chance, a run that diverged would then rank above it. The
+    bound is a function of all configurations' runs together, the same whichever
+    configuration a run belongs to, so the paired tests' exchangeability is unchanged."""
+    higher = bool(out.higher_is_better.iloc[0])
+    for _, point in out.groupby("sweep", sort=False):
+        finished = point.score[~point.diverged.astype(bool)].astype(float)
+        if finished.empty:
+            continue
+        worst = float(finished.min() if higher else finished.max())
+        gone = point.index[point.diverged.astype(bool)]
+        scores = out.loc[gone, "score"].astype(float)
+        above = scores > worst if higher else scores < worst
+        if not above.any():
+            continue
+        out.loc[gone[above.to_numpy()], "score"] = worst
+        task = point.task.iloc[0]
+        where = f"{task}" + (f" at {point.sweep.iloc[0]}" if point.sweep.iloc[0] else "")
+        notes.append(
+            f"{where}: a finished run scored worse than the chance level "
+            f"({point.metric.iloc[0]} {worst:.4g}); the {int(above.sum())} diverged run(s) "
+            "count at that worst finished score instead, so that no diverged run ranks "
+            "above a finished one."
+        )
 
 
 def _chance(run: Any, runs: pd.DataFrame, ok: pd.DataFrame, notes: list[str]) -> float:
