@@ -870,3 +870,29 @@ def test_a_diverged_run_never_scores_above_a_finished_run(
     pair = tests[(tests.a == "additive") & (tests.b == "multihead")].iloc[0]
     assert pair.better == "multihead" and not pair.significant
     assert stats.winners(exp, table, sc).winners[0] == ["dot + adam"]
+
+
+def test_a_task_on_which_every_run_diverged_has_no_winner(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """Every run scored at chance is not a tie for the best: the report says nothing trained."""
+    runs = [Run(kind, "adam", s, None, task="copy") for kind in ("dot", "multihead")
+            for s in (1, 2, 3)]  # fmt: skip
+    runs += [Run(kind, "adam", s, correct_with(80 + s, 10 * i + s))
+             for i, kind in enumerate(("dot", "multihead")) for s in (1, 2, 3)]  # fmt: skip
+    write_experiment(client, "gone", runs)
+    exp, sc, table = analyse(client, "gone")
+    won = stats.winners(exp, table, sc).set_index("task")
+    assert won.winners["copy"] == [] and pd.isna(won.winner["copy"])
+    assert won.verdict["copy"] == "every run of every configuration diverged (6 runs)"
+    assert won.winners["text_cls"] != []
+    html = report_html(client, "gone", tmp_path)
+    said = [f for f in findings(html) if f.startswith("On copy")]
+    assert said == [
+        "On copy, every run of every configuration diverged (6 runs, each counted at the chance "
+        "level): there is no best configuration."
+    ]
+    (summary,) = tables(html, "summary")
+    copy = next(r for r in summary if r["task"] == "copy")
+    assert (copy["winner"], copy["n"], copy["diverged"]) == ("none", "6", "6")
+    assert stats.best_indices(table[table.task == "copy"]) == []  # no row marked best

@@ -66,6 +66,12 @@ def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFram
     for w in won.itertuples():
         rows = table[table.task == w.task]
         words = rows.metric_label.iloc[0]
+        if not w.winners and w.n:
+            out.append(
+                f"On {w.task}, every run of every configuration diverged ({w.n} runs, each "
+                "counted at the chance level): there is no best configuration."
+            )
+            continue
         if not w.winners:
             out.append(f"On {w.task}, no configuration has a score.")
             continue
