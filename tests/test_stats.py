@@ -247,10 +247,14 @@ def test_intervals_include_the_test_set_when_seeds_agree(client: MlflowClient) -
     assert dot["mean"] == pytest.approx(p) and dot["std"] == 0.0
     assert (dot.ci_high - dot.ci_low) / 2 == pytest.approx(half, rel=0.15)
     assert dot.ci_low < p < dot.ci_high and dot.interval == "seeds and test set"
-    # no per-example outcomes: seed-only bootstrap, and it says so
+    # no per-example outcomes and seeds that agree: nothing varies, so no interval (a
+    # zero-width one would claim a certainty that 3 seeds cannot give), and it says why
     additive = row_of(table, "additive")
-    assert additive.ci_low == additive.ci_high == pytest.approx(80 / 104)
-    assert additive.interval == "seeds only (test-set uncertainty not included)"
+    assert math.isnan(additive.ci_low) and math.isnan(additive.ci_high)
+    assert additive.interval == (
+        "seeds only (test-set uncertainty not included); no interval: the 3 seeds scored "
+        "alike and nothing else varies"
+    )
     # one seed: the test set alone
     single = row_of(table, "scaled_dot")
     assert single.interval == "test set only (1 seed)" and single.ci_high - single.ci_low > 0.1
@@ -896,3 +900,54 @@ def test_a_task_on_which_every_run_diverged_has_no_winner(
     copy = next(r for r in summary if r["task"] == "copy")
     assert (copy["winner"], copy["n"], copy["diverged"]) == ("none", "6", "6")
     assert stats.best_indices(table[table.task == "copy"]) == []  # no row marked best
+
+
+def test_no_zero_width_interval_is_shown_as_certainty(client: MlflowClient, tmp_path: Path) -> None:
+    """Every seed right on every test example, two configurations equal on every seed and
+    example, a configuration that diverged on every seed: the t interval and the bootstrap
+    have nothing to vary, and their zero-width interval would read as certainty. Such an
+    interval is none, with the reason; the difference's interval says what it includes."""
+    runs = []
+    for s in (1, 2, 3):
+        same = correct_with(80 + s, s)
+        runs += [Run("dot", "adam", s, np.ones(N_TEST, dtype=int)),  # 104/104 on every seed
+                 Run("multihead", "adam", s, same), Run("additive", "adam", s, same.copy()),
+                 Run("scaled_dot", "adam", s, None)]  # fmt: skip
+    write_experiment(client, "flat", runs)
+    exp, sc, table = analyse(client, "flat")
+    perfect, gone = row_of(table, "dot"), row_of(table, "scaled_dot")
+    assert perfect["mean"] == 1.0 and math.isnan(perfect.ci_low) and math.isnan(perfect.ci_high)
+    assert perfect.interval == (
+        "seeds and test set; no interval: the 3 seeds scored alike and nothing else varies"
+    )
+    assert (
+        math.isnan(gone.ci_low)
+        and gone.interval == "no interval: every seed diverged (scored at chance)"
+    )
+    tests = stats.comparisons(exp, sc).set_index(["a", "b"])
+    equal = tests.loc[("additive", "multihead")]
+    assert math.isnan(equal.diff_low) and math.isnan(equal.diff_high)
+    assert equal.diff_interval == "no interval: equal on every paired seed and test example"
+    varied = tests.loc[("dot", "multihead")]
+    assert varied.diff_low < varied["diff"] < varied.diff_high
+    assert varied.diff_interval == "seeds and test set"
+    html = report_html(client, "flat", tmp_path)
+    (summary,) = tables(html, "summary")
+    assert summary[0]["winner"] == "dot + adam" and summary[0]["95% interval"] == "none"
+    first = next(f for f in findings(html) if f.startswith("On text_cls"))
+    assert "dot + adam 1 (no interval: the 3 seeds scored alike and nothing else varies" in first
+    rows = [r for t in tables(html, "comparisons") for r in t]
+    shown = next(r for r in rows if (r["A"], r["B"]) == ("additive", "multihead"))
+    assert shown["95% CI (unadjusted)"] == "none: equal on every paired seed and test example"
+
+
+def test_a_difference_from_one_paired_seed_says_it_is_the_test_sets_alone(
+    client: MlflowClient,
+) -> None:
+    runs = [Run("dot", "adam", 1, correct_with(70, 1)), Run("multihead", "adam", 1,
+            correct_with(90, 2)), Run("multihead", "adam", 2, correct_with(91, 3))]  # fmt: skip
+    write_experiment(client, "lone", runs)
+    exp, sc, _ = analyse(client, "lone")
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.n == 1 and c.diff_low < c.diff < c.diff_high
+    assert c.diff_interval == "test set only (1 paired seed)"

@@ -31,7 +31,12 @@ interval of the example bootstrap ("test set only (1 seed)"). Runs without per-e
 outcomes (or outcomes without `metric_sum`, an older format): v_test = 0 ("seeds only"). The
 mean's interval is clipped to the metric's range (tag `harness.metric_bounds`, e.g. [0, 1] for
 accuracy; unbounded when a run does not record it). Paired differences alike: dbar +- t_df
-sqrt(s_d^2 / n + v_test(dbar)). Every configuration of a task sees the same example draws,
+sqrt(s_d^2 / n + v_test(dbar)). Where nothing varies (s^2 = 0 and v_test = 0: seeds that
+agree with every test example right, or without outcomes; two configurations equal on every
+seed and example; every seed diverged) there is no interval (NaN), and the `interval` and
+`diff_interval` columns say why: a zero-width interval would read as certainty, which n
+seeds that agree cannot give (the rule of three: a different score could still have
+probability up to about 3/n). Every configuration of a task sees the same example draws,
 so differences are coherent; the generator is seeded (`BOOT_SEED`, and the task's name): a
 report is reproducible.
 The design is crossed, not nested: every seed is scored on the same test examples (seeds x

@@ -19,9 +19,9 @@ from harness.report.stats.primitives import (
     CHUNK,
     KEY,
     N_BOOT,
-    percentile_interval,
     seed_draws,
     two_stage_interval,
+    varied_interval,
 )
 
 # --------------------------------------------------------------------------- scores and draws
@@ -58,27 +58,34 @@ class Config:
     def interval(self) -> tuple[float, float]:
         """95% interval of the mean: two seeds or more, the two-stage interval (seed variance
         plus the example-only bootstrap variance of the mean); one seed, the percentile
-        interval of the example bootstrap (test set only); NaN without either."""
+        interval of the example bootstrap (test set only); NaN without either, and NaN when
+        nothing varies (`two_stage_interval`, `varied_interval`)."""
         if self.n == 0 or (self.n == 1 and not self.with_outcomes.all()):
             return math.nan, math.nan
         if self.n == 1:
-            return percentile_interval(self.reps[:, 0])
+            return varied_interval(self.reps[:, 0])
         return two_stage_interval(self.scores, self.reps.mean(axis=1))
 
     def interval_kind(self) -> str:
-        """What the interval includes, in words."""
+        """What the interval includes, in words, and why there is none when nothing varies."""
         if self.n == 0:
             return "no score"
         if self.diverged.all():
-            return "every seed diverged (scored at chance)"
+            return "no interval: every seed diverged (scored at chance)"
         lacking = int((~self.with_outcomes).sum())
         if self.n == 1:
-            return "test set only (1 seed)" if lacking == 0 else "none (1 seed, no outcomes)"
-        if lacking == 0:
-            return "seeds and test set"
-        if lacking == self.n:
-            return "seeds only (test-set uncertainty not included)"
-        return f"seeds; test set for {self.n - lacking} of {self.n} runs"
+            kind = "test set only (1 seed)" if lacking == 0 else "none (1 seed, no outcomes)"
+        elif lacking == 0:
+            kind = "seeds and test set"
+        elif lacking == self.n:
+            kind = "seeds only (test-set uncertainty not included)"
+        else:
+            kind = f"seeds; test set for {self.n - lacking} of {self.n} runs"
+        if kind.startswith("none") or math.isfinite(self.interval()[0]):
+            return kind
+        if self.n == 1:
+            return f"{kind}; no interval: resampling the test set changes nothing"
+        return f"{kind}; no interval: the {self.n} seeds scored alike and nothing else varies"
 
 
 @dataclass
