@@ -219,7 +219,13 @@ def test_six_seeds_of_clearly_separated_scores_are_significant(
     ((row,),) = tables(html, "comparisons")
     assert row["n"] == "6" and row["p seeds"] == "0.0312"  # 2 / 2^6, exact
     assert float(row["p two-way bootstrap (check, not a test)"]) < 0.01
-    assert not row["95% CI of P (unadjusted)"].endswith("*")  # 6 seeds: not marked
+    # 6 seeds, but every dot run is below every multihead run in every bootstrap replicate:
+    # P(A > B)'s interval is 0 - 0, which describes these runs, not a certainty; marked
+    assert row["95% CI of P (unadjusted)"] == "0.00 – 0.00*"
+    assert "zero width (every bootstrap replicate gave the same value" in html
+    (ranked,) = tables(html, "ranking")
+    assert [r["95% interval"] for r in ranked] == ["1.00 – 1.00*", "2.00 – 2.00*"]
+    assert "95% interval 1.00 – 1.00 (of zero width: every bootstrap replicate" in html
     assert row["p"] == row["p seeds"] and row["p (Holm)"] == row["p seeds"]  # m = 1
     assert row["result"] == "multihead better" and row["reason"] == ""
     assert float(row["P(A>B)"]) == 0.0  # every dot run is worse than every multihead run

@@ -53,7 +53,9 @@ interval of P(A > B), and the rank intervals and P(rank 1). Below FEW_SEEDS (5) 
 understate seed-to-seed variation (a bootstrap of n seeds has few distinct draws: with 3 seeds
 that agree, P(A > B)'s interval is "1.00 - 1.00"), and the report says so wherever it shows
 them: the comparisons' section and its marked P(A > B) intervals, the ranking section, and the
-summary's line on the best mean rank.
+summary's line on the best mean rank. At any n, a percentile interval of P(A > B) or of a mean
+rank whose replicates are all alike (every run of A beats every run of B) has zero width; the
+report marks it as describing these runs, not as a certainty.
 
 Comparisons A vs B (same task and sweep point: attention kinds within an optimizer, optimizers
 within an attention kind), on the seeds both have:
