@@ -54,6 +54,7 @@ class Run:
     attn: dict[str, dict[int, float]] | None = None  # key -> {step: value}
     metric_tags: bool = True  # write harness.metric_label and harness.metric_bounds
     outcomes_format: str = "metric_sum"  # or "correct": the format before metric_sum
+    lr: str = "0.001"  # another rate is another cell
 
 
 # How the training side declares the metrics these runs use: label, bounds, direction, and
@@ -84,7 +85,8 @@ def _write(client: MlflowClient, exp_id: str, parent_id: str, grid: str, run: Ru
     label, bounds, higher, summed = METRICS[run.metric]
     tags = {
         schema.PARENT: parent_id,
-        schema.CELL_ID: f"{run.task}-{run.attention}-{run.optimizer}{sweep}-{run.seed}",
+        schema.CELL_ID: f"{run.task}-{run.attention}-{run.optimizer}{sweep}-{run.seed}"
+        + ("" if run.lr == "0.001" else f"-lr{run.lr}"),
         schema.GRID: grid,
         schema.PHASE: "final",
         schema.OUTCOME: "diverged" if diverged else "ok",
@@ -95,13 +97,13 @@ def _write(client: MlflowClient, exp_id: str, parent_id: str, grid: str, run: Ru
     }
     if run.metric_tags:
         tags |= {schema.METRIC_LABEL: label, schema.METRIC_BOUNDS: bounds}
-    name = f"{run.task}/{run.attention}/{run.optimizer}/lr=0.001{sweep}/seed={run.seed}"
+    name = f"{run.task}/{run.attention}/{run.optimizer}/lr={run.lr}{sweep}/seed={run.seed}"
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     params = {
         "task": run.task,
         "attention": run.attention,
         "optimizer": run.optimizer,
-        "lr": "0.001",
+        "lr": run.lr,
         "seed": str(run.seed),
         "steps": "20",
         "phase": "final",
@@ -957,3 +959,20 @@ def test_a_difference_from_one_paired_seed_says_it_is_the_test_sets_alone(
     (c,) = stats.comparisons(exp, sc).itertuples()
     assert c.n == 1 and c.diff_low < c.diff < c.diff_high
     assert c.diff_interval == "test set only (1 paired seed)"
+
+
+def test_a_seed_run_twice_at_two_rates_counts_once(client: MlflowClient) -> None:
+    """Final runs of one configuration at two learning rates (a grid re-tuned and launched
+    again into the same experiment): each seed is one draw of the seed's effect, so it counts
+    once, by its newest run, and a note says so; counted twice, 3 seeds would pass for 6."""
+    runs = [Run("dot", "adam", s, correct_with(75 + s, s)) for s in (1, 2, 3)]
+    runs += [Run("multihead", "adam", s, correct_with(85 + s, 10 + s)) for s in (1, 2, 3)]
+    runs += [Run("dot", "adam", s, correct_with(65 + s, 20 + s), lr="0.003") for s in (1, 2, 3)]
+    write_experiment(client, "retuned", runs)
+    exp, sc, table = analyse(client, "retuned")
+    dot = row_of(table, "dot")
+    assert (dot.runs, dot.n) == (6, 3) and dot.lr == "0.001, 0.003"
+    assert dot["mean"] == pytest.approx(np.mean([66, 67, 68]) / N_TEST)  # the newer runs
+    assert any("3 seeds have more than one final run" in note for note in sc.notes)
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.n == 3 and c.mean_a == pytest.approx(dot["mean"])

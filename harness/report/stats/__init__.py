@@ -14,7 +14,9 @@ scores better than the worst finished run of its task and sweep point: a run can
 than chance (an undertrained language model above the unigram bpc), and a diverged run scored
 at chance would then rank above it; it counts at that worst finished score instead, with a
 note. The bound is the same whichever configuration a run belongs to, so the paired tests'
-exchangeability under no difference is kept. Failed,
+exchangeability under no difference is kept. A seed counts once per configuration: where a
+configuration holds two final runs of one seed (re-tuned to another rate and launched again),
+its newest run (`_one_run_per_seed`, with a note). Failed,
 killed and missing cells are not scores; section 5 lists them.
 
 Intervals of a configuration's mean, a stated parametric method built on the seed and test-set

@@ -110,7 +110,7 @@ def scores(exp: Experiment, n_boot: int = N_BOOT) -> Scores:
         return Scores(configs, notes)
     outcomes = getattr(exp, "outcomes", {}) or {}
     for task, runs in final.groupby("task", sort=False):
-        scored = _scored_runs(runs, notes)
+        scored = _one_run_per_seed(_scored_runs(runs, notes), notes)
         rng = np.random.default_rng([BOOT_SEED, zlib.crc32(str(task).encode())])
         per_config = scored.groupby(KEY, sort=False)
         n_max = max([len(g) for _, g in per_config] + [1])
@@ -136,6 +136,30 @@ def scores(exp: Experiment, n_boot: int = N_BOOT) -> Scores:
                 uniforms=uniforms,
             )
     return Scores(configs, notes, uniforms_by_task)
+
+
+def _one_run_per_seed(scored: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Each configuration's newest scored run of each seed. A configuration can hold two
+    final runs of one seed (its grid re-tuned to another rate and launched again into the
+    experiment: another cell); they share the seed's training stream, so they are one draw
+    of the seed's effect, and counted as two they would make n seeds pass for more. A note
+    names the configuration and its rates."""
+    newest = scored.sort_values("start_time", kind="stable").drop_duplicates(
+        [*KEY, "seed"], keep="last"
+    )
+    if len(newest) == len(scored):
+        return scored
+    for key, group in scored.groupby(KEY, sort=False):
+        repeated = group.seed[group.seed.duplicated()].nunique()
+        if repeated:
+            task, sweep, attention, optimizer = key
+            rates = ", ".join(f"{lr:g}" for lr in sorted(group.lr.unique()))
+            notes.append(
+                f"{task}{f' at {sweep}' if sweep else ''}, {attention} + {optimizer}: "
+                f"{repeated} seed{'s have' if repeated > 1 else ' has'} more than one final run "
+                f"(rates {rates}); each seed counts once, by its newest run."
+            )
+    return scored[scored.run_id.isin(newest.run_id)]
 
 
 def family_size(runs: pd.DataFrame) -> int:
