@@ -947,6 +947,12 @@ def test_no_zero_width_interval_is_shown_as_certainty(client: MlflowClient, tmp_
     rows = [r for t in tables(html, "comparisons") for r in t]
     shown = next(r for r in rows if (r["A"], r["B"]) == ("additive", "multihead"))
     assert shown["95% CI (unadjusted)"] == "none: equal on every paired seed and test example"
+    # in the figure, the two means without an interval are hollow, not bare precise points
+    from harness.report.plots import point_plot
+
+    fig = point_plot(table, "text_cls", Style.of(exp.order, exp.runs.attention))
+    hollow = [line for line in fig.axes[0].lines if line.get_markerfacecolor() == "white"]
+    assert sorted(float(y) for line in hollow for y in line.get_ydata()) == [0.25, 1.0]
 
 
 def test_a_difference_from_one_paired_seed_says_it_is_the_test_sets_alone(
