@@ -51,8 +51,9 @@ Simulated in this design (`benchmarks/interval_coverage.py`, 2000 replications p
 outcomes of a logit model with seed, example and interaction effects): coverage 0.942-0.980 at
 3, 5 and 10 seeds. The unbiased alternative, s^2/n + v_test minus the interaction estimated
 as (mean per-seed test variance - v_test) / (n - 1), truncated at 0, with Welch-Satterthwaite
-df, is narrower but covers 0.92 at 3 seeds (0.9215 and 0.9245, 6 standard errors below 0.95),
-so the report keeps the conservative interval (tests/test_stats_validity.py, slow).
+df, covers 0.92 at 3 seeds (0.9215 and 0.9245, 6 standard errors below 0.95; and where seeds
+dominate it is wider, its df falling), so the report keeps the conservative interval
+(tests/test_stats_validity.py, slow).
 
 The two-way ("pigeonhole") bootstrap of Owen (2007, "The pigeonhole bootstrap", Ann. Appl.
 Stat. 1(2):386-411) draws seeds with replacement (by position in seed order, shared by all

@@ -179,7 +179,7 @@ def two_stage_interval(
     sigma_sx^2/(n N): the interaction is counted twice, so the interval is conservative
     (somewhat too wide, most when the seed-by-example interaction is large; a review of the
     medium grid measured up to about 12% on text_cls's standard deviation), never too narrow
-    on that account. Subtracting the interaction once would make it narrower, but then it
+    on that account. Subtracting the interaction once would make it unbiased, but then it
     under-covers at 3 seeds (0.92 simulated; `benchmarks/interval_coverage.py`).
     df by Welch-Satterthwaite with v_test taken as known (it rests on thousands of examples):
     df = (s^2/n + v_test)^2 / ((s^2/n)^2 / (n - 1)), which is n - 1 when the seeds dominate
