@@ -39,7 +39,7 @@ def harness(*argv: str, env: dict[str, str] | None = None) -> int:
 def main(grid: str = "grids/cluster_demo.yaml") -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop what was started, too
     folder = Path(tempfile.mkdtemp(prefix="cluster-demo-"))
-    server = MlflowServer(folder / "mlflow.db", folder / "artifacts")
+    server = MlflowServer(f"sqlite:///{folder / 'mlflow.db'}", folder / "artifacts")
     cluster = RayCluster()
     try:
         print(f"starting an MLflow tracking server (store in {folder}) ...", flush=True)
