@@ -15,6 +15,7 @@ import os
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -29,7 +30,7 @@ from harness.models.lightning_module import AttentionTaskModule
 from harness.models.transformer import AttentionModel, n_params
 from harness.optim import build_optimizer, build_scheduler
 from harness.probe import log_attention_figure
-from harness.progress import StepProgress
+from harness.progress import StepProgress, StepReports
 from harness.provenance import data_digests, dataset_inputs, run_provenance
 from harness.tracking import (
     MlflowRunLogger,
@@ -125,8 +126,10 @@ def run_cell(
     accelerator: str = "auto",
     progress: bool = False,
     prepared: tuple[Task, TaskData, AttentionTaskModule] | None = None,
+    report: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """Train and evaluate one cell into an MLflow run that already exists.
+    """Train and evaluate one cell into an MLflow run that already exists; `report(steps,
+    seconds)` hears how far training has come every few seconds (harness.progress.StepReports).
 
     The run ends FINISHED (outcome ok or diverged), FAILED (the error as tag and artifact,
     then re-raised) or KILLED (on KeyboardInterrupt or SystemExit, re-raised).
@@ -140,6 +143,8 @@ def run_cell(
         callbacks: list[pl.Callback] = [steps_cb]
         if progress:
             callbacks.append(StepProgress(cfg.run_name, cfg.steps, steps_cb))
+        if report is not None:
+            callbacks.append(StepReports(report))
         trainer = _trainer(cfg, accelerator, callbacks)
         trainer.loggers = [logger]
         device = trainer.strategy.root_device

@@ -26,7 +26,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
@@ -40,6 +40,7 @@ from harness.backends.base import (
     LogBatch,
     LogInputs,
     Lost,
+    Steps,
     Terminate,
 )
 
@@ -169,19 +170,28 @@ def worker_main(conn: Connection, threads: int, accelerator: str, gpu: str | Non
     torch.set_num_threads(threads)
     sink = PipeSink(conn)
     while (job := conn.recv()) is not None:
-        conn.send(run_job(sink, job, accelerator))
+        conn.send(run_job(sink, job, accelerator, conn.send))
 
 
-def run_job(client: Any, job: Job, accelerator: str) -> Done:
-    """Train one cell into its run through `client` (an MlflowClient or a sink); every
-    backend's workers call this."""
+def run_job(
+    client: Any, job: Job, accelerator: str, send: Callable[[Steps], None] | None = None
+) -> Done:
+    """Train one cell into its run through `client` (an MlflowClient or a sink), telling
+    `send` how far it has come (`Steps`, every few seconds); every backend's workers call this."""
     from harness.config import RunConfig
     from harness.tracking import MlflowRunLogger
     from harness.train import run_cell
 
     cfg = RunConfig(**job.cfg)
+
+    def report(steps: int, seconds: float) -> None:
+        send(Steps(job.run_id, steps, seconds))
+
     try:
-        result = run_cell(cfg, MlflowRunLogger(client, job.run_id), accelerator=accelerator)
+        result = run_cell(
+            cfg, MlflowRunLogger(client, job.run_id), accelerator=accelerator,
+            report=None if send is None else report,
+        )  # fmt: skip
     except Exception:  # run_cell has recorded the error in the run, which is FAILED
         return Done(job.run_id, "failed")
     return Done(job.run_id, result.outcome, result.metrics, result.seconds, result.fit_seconds)

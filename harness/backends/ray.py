@@ -14,6 +14,8 @@ calls of up to 1000 points):
 - with a local store (SQLite) on a local Ray instance, actors send their calls through a
   Ray queue and the launcher writes them, one writer, as with the local backend. Actors on
   other machines cannot reach a local file: `check` refuses that combination.
+Either way each actor says how far its cell has come (`Steps`, every few seconds) through a
+Ray queue, the progress bar's one channel when actors write to a server.
 
 Its one option, `--ray-address`, is declared here (`OPTIONS`) and reaches `make_pool` as
 `ray_address`; the command line and the launcher only pass it along. The shared option
@@ -30,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from harness.backends import check_cells_per_gpu
-from harness.backends.base import Done, Event, Job, Lost, Write
+from harness.backends.base import Done, Event, Job, Lost, Steps, Write
 from harness.backends.local import PipeSink, run_job
 from harness.errors import UserError
 from harness.retry import tracking_deadline
@@ -129,7 +131,7 @@ class _QueueConn:
     def __init__(self, queue: Any) -> None:
         self.queue = queue
 
-    def send(self, message: Write) -> None:
+    def send(self, message: Write | Steps) -> None:
         self.queue.put(message)  # blocks until the queue holds it: ordered before "done"
 
 
@@ -151,6 +153,7 @@ class CellWorker:
         torch.set_num_threads(threads)
         quiet_libraries()
         self.accelerator = accelerator
+        self.send = _QueueConn(queue).send  # how far a cell has come, whatever the store
         if tracking_uri:  # a server that goes away: each call retried up to the deadline
             warn = logging.getLogger(__name__).warning
             self.client = RetryingClient(MlflowClient(tracking_uri), deadline, warn)
@@ -158,7 +161,7 @@ class CellWorker:
             self.client = PipeSink(_QueueConn(queue))
 
     def run(self, job: Job) -> Done:
-        return run_job(self.client, job, self.accelerator)
+        return run_job(self.client, job, self.accelerator, self.send)
 
 
 class RayPool:
@@ -186,7 +189,7 @@ class RayPool:
         on_gpu = accelerator in GPU_ACCELERATORS or _auto_gpu(ray, accelerator)
         workers = workers or _default_actors(ray, cells_per_gpu if on_gpu else None)
         direct = is_http(tracking_uri)  # actors write to the server themselves
-        self.queue = None if direct else Queue()
+        self.queue = Queue()  # every cell's `Steps`; with a local store, its writes too
         threads = max(1, (os.cpu_count() or 1) // workers) if local else 1
         gpus = actor_gpus(on_gpu, cells_per_gpu or 1)
         actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(CellWorker)
@@ -224,8 +227,8 @@ class RayPool:
             except self.ray.exceptions.RayError as err:
                 yield Lost(job.run_id, f"Ray task failed: {str(err).splitlines()[0]}")
 
-    def _drain_queue(self) -> Iterable[Write]:
-        while self.queue is not None and not self.queue.empty():
+    def _drain_queue(self) -> Iterable[Write | Steps]:
+        while not self.queue.empty():
             yield from self.queue.get_nowait_batch(min(QUEUE_BATCH, self.queue.qsize()))
 
     def shutdown(self, kill: bool = False) -> list[Job]:
