@@ -3,9 +3,22 @@ whole launch (not Rich's last 30 s), an ETA that holds when a cell takes minutes
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 from rich.console import Console
 
 from harness.progress import WARM_UP, GridProgress
@@ -119,3 +132,66 @@ def test_without_progress_nothing_is_drawn() -> None:
         bar.trained("a", 50, 5.0)
         bar.update({"final": Counter()}, running=1)
     assert console.export_text() == ""
+
+
+# --------------------------------------------------------------------------- in a terminal
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+FINITE_ETA = re.compile(r"(\d+):(\d\d):(\d\d)$")  # the line's last field; not -:--:--
+LONG_CELLS = {  # two cells of a tiny copy model, 100,000 steps each: minutes on 2 cores
+    "name": "long",
+    "protocol": "fixed",
+    "tasks": [{"name": "copy", "params": {"length": 4, "n_train": 512}}],
+    "attention": ["dot"],
+    "optimizers": [{"name": "adam", "lr": 0.003}],
+    "seeds": [0, 1],
+    "model": {"d_model": 16, "d_ff": 32, "d_k": 8, "n_layers": 1},
+    "train": {"batch_size": 32},
+    "budget": {"steps": 100_000, "val_every": 50_000},
+}
+
+
+@pytest.mark.slow  # about a minute on 2 cores: `make test-slow` (CI runs both suites)
+def test_a_grid_of_minute_long_cells_shows_a_finite_eta_within_its_first_cell(
+    tracking_uri: str, tmp_path: Path
+) -> None:
+    """`harness run` in a pseudo-terminal, drawing live as for a user: an ETA appears while
+    the first of two cells that take over a minute each still trains (cells 0/2)."""
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(LONG_CELLS))
+    here, there = pty.openpty()
+    fcntl.ioctl(there, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "TTY_COMPATIBLE")}
+    env |= {"TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    command = [sys.executable, "-m", "harness", "run", str(path), "--tracking-uri", tracking_uri,
+               "--workers", "1", "--accelerator", "cpu"]  # fmt: skip
+    launcher = subprocess.Popen(
+        command, cwd=tmp_path, stdin=there, stdout=there, stderr=there, env=env,
+        start_new_session=True,  # its own process group: killed with its worker
+    )  # fmt: skip
+    os.close(there)
+    shown, line = "", None
+    try:
+        deadline = time.monotonic() + 170
+        while line is None and time.monotonic() < deadline and launcher.poll() is None:
+            if select.select([here], [], [], 1.0)[0]:
+                try:
+                    shown += os.read(here, 65536).decode(errors="replace")
+                except OSError:  # the terminal closed: the launcher ended
+                    break
+            *drawn, _ = re.split(r"[\r\n]", ANSI.sub("", shown))  # the last one may be partial
+            line = next((d.rstrip() for d in drawn if FINITE_ETA.search(d.rstrip())), None)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        os.close(here)
+    assert line is not None, f"no finite ETA within the first cell; the terminal showed:\n{shown}"
+    assert line.startswith("long ") and len(line) <= 120, line
+    assert "cells 0/2" in line and " · ETA " in line, line
+    # the premise: at the rate shown, a cell of 100,000 steps takes over a minute
+    rate = float(re.search(r"([\d.,]+) steps/s", line)[1].replace(",", ""))
+    assert 100_000 / rate > 60, line
+    hours, minutes, seconds = map(int, FINITE_ETA.search(line).groups())
+    assert 3600 * hours + 60 * minutes + seconds > 60, line  # two such cells are left
+    print(line)  # what the terminal showed (pytest -s)
