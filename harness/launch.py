@@ -10,7 +10,9 @@ marked KILLED and their cells run again. A FINISHED run made by other code or on
 asks to train its cell again. Each time a tune cell ends, `protocol_step`
 (harness.grid) is asked again; it answers with the next rung's tune cells once a rung of
 successive halving is complete, and once the group's tuning is complete with the chosen rate
-and the final cells; new cells join the queue.
+and the final cells; new cells join the queue. Workers say every few seconds how far their
+cell has come (`Steps`); the progress bar (harness.progress.GridProgress) counts those steps
+against the plan's.
 
 When the store cannot be written the grid stops rather than fail every cell that follows:
 - a tracking server that stays unreachable past the deadline of harness.retry (a server

@@ -107,8 +107,10 @@ def train_run(
     parent_run_id: str | None = None,
     accelerator: str = "auto",
     progress: bool = False,
+    report: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """Check the cell, create its MLflow run, train and evaluate it (`harness train`)."""
+    """Check the cell, create its MLflow run, train and evaluate it (`harness train`);
+    `report(steps, seconds)` as for `run_cell`."""
     prepared = prepare(cfg)  # the user's mistakes surface here, before any run exists
     client = MlflowClient(tracking_uri)
     exp_id = experiment_id(client, experiment)
@@ -116,7 +118,9 @@ def train_run(
     logger = MlflowRunLogger.start_run(
         client, exp_id, cfg.run_name, cfg.flat_params(), tags, parent_run_id
     )
-    return run_cell(cfg, logger, accelerator=accelerator, progress=progress, prepared=prepared)
+    return run_cell(
+        cfg, logger, accelerator=accelerator, progress=progress, prepared=prepared, report=report
+    )
 
 
 def run_cell(

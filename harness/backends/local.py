@@ -4,6 +4,7 @@ Each worker is spawned once and trains many cells, so importing torch, Lightning
 (about 4 s) is paid once per worker, not once per cell. Workers never open the MLflow store:
 inside a worker a `PipeSink` stands in for `MlflowClient` and sends every call down the
 worker's own pipe as a typed write (harness.backends.base); the launcher applies them in order.
+The same pipe carries how far the worker's cell has come (`Steps`, every few seconds).
 One writer means no "database is locked" on SQLite, and a worker that dies mid-message breaks
 only its own pipe.
 
