@@ -81,28 +81,23 @@ class StepReports(pl.Callback):
     at most once every `every` seconds, and once when training ends, also when it stops early
     (a diverged run). The cost per step is one reading of the clock."""
 
-    def __init__(
-        self,
-        report: Callable[[int, float], None],
-        every: float = REPORT_EVERY,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.report, self.every, self.clock = report, every, clock
+    def __init__(self, report: Callable[[int, float], None], every: float = REPORT_EVERY) -> None:
+        self.report, self.every = report, every
         self._started = 0.0
         self._next = -math.inf
 
     def on_train_start(self, *args: Any) -> None:
-        self._started = self.clock()
+        self._started = time.monotonic()
         self._next = -math.inf
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        now = self.clock()
+        now = time.monotonic()
         if now >= self._next:
             self._next = now + self.every
             self.report(trainer.global_step, now - self._started)
 
     def on_train_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        self.report(trainer.global_step, self.clock() - self._started)
+        self.report(trainer.global_step, time.monotonic() - self._started)
 
 
 class GridProgress:
