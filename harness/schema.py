@@ -39,6 +39,10 @@ METRIC_LABEL = "harness.metric_label"  # how reports name the metric, e.g. "accu
 METRIC_BOUNDS = "harness.metric_bounds"  # the metric's range "lo,hi", e.g. "0,1" or "0,inf"
 SWEEP = "harness.sweep"  # the run's sweep point as JSON, "{}" outside a sweep
 ACCELERATOR = "harness.accelerator"  # cpu | cuda | mps: where the worker trained
+# The machine the worker trained on: its host name; on Ray "<host name>/<Ray node id, first 8
+# hex>", which tells apart two Ray nodes on one machine. Set by the worker, sent in a batch the
+# run sends anyway (no store call of its own).
+NODE = "harness.node"
 DIVERGED_AT = "harness.diverged_at_step"
 RUNG = "harness.rung"  # tune cells under successive halving: "k/n", rung k (from 0) of n
 NO_ATTENTION_MAPS = "harness.no_attention_maps"  # why a finished run has no attention_maps.png

@@ -1,10 +1,11 @@
 """`harness status`: what a grid has done, read from the store, and what it still has to do.
 
 Read-only. Per phase it counts cells done, diverged, failed (or KILLED), running and pending,
-and it names the learning rate tuning chose for each group. With the grid spec, pending and
-the chosen rates come from the protocol itself (`harness.grid.protocol_step`, fed with the
-tune results the store holds), so `status` and the launcher cannot disagree; with only an
-experiment name, from what the runs say.
+and it names the learning rate tuning chose for each group; where the finished cells trained
+on several machines (a Ray cluster), how many each trained (their `harness.node` tags). With
+the grid spec, pending and the chosen rates come from the protocol itself
+(`harness.grid.protocol_step`, fed with the tune results the store holds), so `status` and
+the launcher cannot disagree; with only an experiment name, from what the runs say.
 """
 
 from __future__ import annotations
@@ -53,6 +54,11 @@ def grid_status(client: MlflowClient, spec: GridSpec | None, experiment: str) ->
     if chosen:
         lines.append("chosen learning rates:")
         lines.extend(f"  {label}: {lr:g}" for label, lr in chosen.items())
+    nodes = Counter(
+        r.data.tags[schema.NODE] for r in finished.values() if schema.NODE in r.data.tags
+    )
+    if len(nodes) > 1:
+        lines.append("cells per node: " + ", ".join(f"{n} {c}" for n, c in sorted(nodes.items())))
     return "\n".join(lines)
 
 

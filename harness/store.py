@@ -63,10 +63,48 @@ def check_tracking_uri(uri: str, timeout: float = CONNECT_TIMEOUT, existing: boo
             raise UserError(f"tracking URI {uri}: no store at {path} (nothing was run with it)")
     elif is_http(uri):
         _check_server(uri, timeout)
+    elif is_postgres(uri):
+        _check_postgres(uri, timeout)
 
 
 def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
+
+
+def is_postgres(uri: str) -> bool:
+    """`postgresql://` or with a driver named (`postgresql+psycopg://`)."""
+    return uri.startswith(("postgresql://", "postgresql+"))
+
+
+def _check_postgres(uri: str, timeout: float) -> None:
+    """One connection: is the driver installed, and does the database answer? The URI is
+    named without its password."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(uri).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        raise UserError("tracking URI: not a valid postgresql:// URI") from None
+    try:
+        engine = sqlalchemy.create_engine(
+            uri, connect_args={"connect_timeout": max(1, int(timeout))}
+        )
+    except ImportError as err:  # the driver the URI names (psycopg 3 for plain postgresql://)
+        raise UserError(
+            f"tracking URI {shown}: its driver is not installed ({err}; for postgresql:// "
+            "pip install 'attention-harness[postgres]')"
+        ) from None
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()
+        raise UserError(
+            f"tracking URI {shown}: cannot connect ({reason[0] if reason else type(err).__name__})"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def _check_server(uri: str, timeout: float) -> None:

@@ -230,7 +230,8 @@ def _split(items: dict[str, str], n: int) -> tuple[dict[str, str], dict[str, str
 
 
 def run_tags(cfg: RunConfig, grid: str, sweep: Mapping[str, Any] | None = None) -> dict[str, str]:
-    """The schema's tags known before training (the worker adds harness.accelerator).
+    """The schema's tags known before training (the worker adds harness.accelerator and
+    harness.node).
 
     Besides the cell's identity they hold what a report needs and cannot get from the training
     code: how the task is scored (its metric's name, label, bounds and direction, and the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 import traceback
 import warnings
@@ -130,16 +131,19 @@ def run_cell(
     accelerator: str = "auto",
     progress: bool = False,
     prepared: tuple[Task, TaskData, AttentionTaskModule] | None = None,
+    node: str | None = None,
     report: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """Train and evaluate one cell into an MLflow run that already exists; `report(steps,
-    seconds)` hears how far training has come every few seconds (harness.progress.StepReports).
+    """Train and evaluate one cell into an MLflow run that already exists; `node` names the
+    machine it trains on (harness.node; default: this host's name); `report(steps, seconds)`
+    hears how far training has come every few seconds (harness.progress.StepReports).
 
     The run ends FINISHED (outcome ok or diverged), FAILED (the error as tag and artifact,
     then re-raised) or KILLED (on KeyboardInterrupt or SystemExit, re-raised).
     """
     started = time.perf_counter()
     quiet_libraries()
+    logger.add_tags({schema.NODE: node or socket.gethostname()})  # sent with the run's points
     try:
         _injected_fault(cfg)
         _, data, module = prepared or prepare(cfg)

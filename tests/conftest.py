@@ -1,12 +1,21 @@
-"""Shared fixtures: a real MLflow SQLite store per test, migrated once per session."""
+"""Shared fixtures: a real MLflow store per test (SQLite, migrated once per session), and a
+real PostgreSQL server for the tests that run against both stores."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import postgres_server
 import pytest
 from mlflow import MlflowClient
+
+STORES = ["sqlite", "postgres"]  # the `store` fixture's parameters
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +38,39 @@ def tracking_uri(_template_store: Path, tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.fixture
 def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri)
+
+
+@pytest.fixture(scope="session")
+def _postgres() -> Iterator[postgres_server.Postgres]:
+    """One PostgreSQL server for the session, with a migrated, empty MLflow database
+    (`template`) that each test's database copies. Skipped where PostgreSQL is not installed,
+    failed instead under HARNESS_REQUIRE_SERVICES=1 (CI)."""
+    why = postgres_server.missing()
+    if why:
+        if os.environ.get(postgres_server.REQUIRE) == "1":
+            pytest.fail(f"{postgres_server.REQUIRE}=1 but {why}")
+        pytest.skip(why)
+    server = postgres_server.Postgres()
+    server.start()
+    try:
+        uri = server.create_database("template_mlflow")
+        # Migrated in another process: this one would keep connections to the template open,
+        # and PostgreSQL copies only a database nobody is connected to.
+        subprocess.run([sys.executable, "-c", "import sys, mlflow; "
+                        "mlflow.MlflowClient(sys.argv[1]).search_experiments()", uri],
+                       check=True, cwd=server.folder, capture_output=True)  # fmt: skip
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest, _template_store: Path, tmp_path: Path) -> str:
+    """A fresh, migrated store of each kind: a SQLite file in this test's folder, or a new
+    PostgreSQL database (a copy of the session's template)."""
+    if request.param == "sqlite":
+        db = tmp_path / "store.db"
+        shutil.copy(_template_store, db)
+        return f"sqlite:///{db}"
+    pg: postgres_server.Postgres = request.getfixturevalue("_postgres")
+    return pg.create_database(f"t_{uuid.uuid4().hex[:12]}", template="template_mlflow")

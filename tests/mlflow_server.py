@@ -50,13 +50,18 @@ def stop(process: subprocess.Popen) -> None:
 
 @dataclass
 class MlflowServer:
-    """`mlflow server` over a SQLite store with served artifacts; startable again on the same
-    port and store after a kill, as an operator would restart it."""
+    """`mlflow server` over a store (SQLite or PostgreSQL) with served artifacts; startable
+    again on the same port and store after a kill, as an operator would restart it.
 
-    db: Path
+    `store` is the backend store's URI, which the tests also open directly, to read what the
+    server wrote whether or not it is up."""
+
+    store: str
     artifacts: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra variables for the server
+    workers: int = 1  # server processes (MLflow's default is 4)
 
     @property
     def url(self) -> str:
@@ -64,16 +69,15 @@ class MlflowServer:
 
     def start(self) -> None:
         command = [sys.executable, "-m", "mlflow", "server",
-                   "--backend-store-uri", f"sqlite:///{self.db}",
+                   "--backend-store-uri", self.store,
                    "--artifacts-destination", str(self.artifacts),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]  # fmt: skip
+                   "--host", "127.0.0.1", "--port", str(self.port),
+                   "--workers", str(self.workers)]  # fmt: skip
         # No job runner: it starts a handful of extra processes these tests never use.
-        env = os.environ | {
-            "MLFLOW_LOGGING_LEVEL": "WARNING",
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-        }
+        quiet = {"MLFLOW_LOGGING_LEVEL": "WARNING", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env = os.environ | quiet | self.env
         self.process = subprocess.Popen(
-            command, cwd=self.db.parent, env=env, start_new_session=True,
+            command, cwd=self.artifacts.parent, env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for_http(self.url + "/health", self.process)
@@ -93,4 +97,4 @@ class MlflowServer:
         """A server (not started) over a copy of a migrated empty store, in `folder`."""
         db = folder / "server.db"
         db.write_bytes(template.read_bytes())
-        return cls(db, folder / "artifacts")
+        return cls(f"sqlite:///{db}", folder / "artifacts")

@@ -7,6 +7,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -171,6 +172,7 @@ def test_a_local_pool_trains_a_cell_and_reports_it_in_typed_events(client: Mlflo
     assert artifacts == {schema.CONFIG_JSON, schema.TEST_OUTCOMES, schema.ATTENTION_MAPS}
     run = client.get_run(logger.run_id)
     assert run.info.status == "FINISHED" and run.data.tags[schema.OUTCOME] == "ok"
+    assert run.data.tags[schema.NODE] == socket.gethostname()  # in the one LogBatch above
     metric = run.data.tags[schema.METRIC]
     assert run.data.metrics[schema.val_metric(metric)] == done.metrics[schema.val_metric(metric)]
     inputs = {i.tags[0].value: i.dataset.digest for i in run.inputs.dataset_inputs}

@@ -1,5 +1,6 @@
 """The command line: `harness list`, `--version`, shell completion, `status` of a grid launched
-into another experiment, and every bad input ending in exit 2, one line, no run."""
+into another experiment and of cells trained on several nodes, and every bad input ending in
+exit 2, one line, no run."""
 
 from __future__ import annotations
 
@@ -174,3 +175,34 @@ def test_status_reads_a_grid_launched_into_another_experiment(
     assert code == 2 and err.startswith("error: --experiment other: only with a grid file")
     code, _, err = status()
     assert code == 2 and len(err.splitlines()) == 1
+
+
+def test_status_counts_the_cells_each_node_trained_when_there_are_several(
+    client: MlflowClient, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three finished cells on two Ray nodes (their harness.node tags), one on a third node
+    that did not finish: the line counts the cells that count, per node."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "name: g\nprotocol: fixed\ntasks: [copy]\nattention: [dot]\n"
+        "optimizers: [{name: adam, lr: 0.001}]\nseeds: [0, 1, 2, 3]\n"
+    )
+    spec = load_grid(str(grid))
+    (group,) = groups(spec)
+    exp = client.create_experiment("g")
+    trained = [("host/aaaa0001", "FINISHED"), ("host/bbbb0002", "FINISHED"),
+               ("host/aaaa0001", "FINISHED"), ("host/cccc0003", "KILLED")]  # fmt: skip
+    for cfg, (node, status) in zip(final_cells(spec, group, group.fixed_lr), trained, strict=True):
+        tags = {schema.CELL_ID: cfg.cell_id, schema.GRID: "g", schema.PHASE: "final",
+                schema.NODE: node}  # fmt: skip
+        run = client.create_run(exp, tags=tags)
+        client.set_terminated(run.info.run_id, status)
+
+    def status() -> list[str]:
+        assert main(["status", str(grid), "--tracking-uri", tracking_uri]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    assert status()[-1] == "cells per node: host/aaaa0001 2, host/bbbb0002 1"
+    (other,) = client.search_runs([exp], f"tags.`{schema.NODE}` = 'host/bbbb0002'")
+    client.delete_run(other.info.run_id)
+    assert not any(line.startswith("cells per node") for line in status())  # one node: no line

@@ -104,7 +104,7 @@ def test_exponent_without_dot_reads_as_a_number(tmp_path: Path) -> None:
     assert spec.sweep == {"model.dropout": [0, 0.1]}
 
 
-@pytest.mark.parametrize("name", ["quick", "full", "dk_scaling"])
+@pytest.mark.parametrize("name", ["quick", "full", "dk_scaling", "cluster_demo"])
 def test_shipped_grids_load_and_tune_on_seeds_they_do_not_compare(name: str) -> None:
     spec = load_grid(GRIDS / f"{name}.yaml")
     assert spec.name == name

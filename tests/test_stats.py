@@ -54,6 +54,7 @@ class Run:
     attn: dict[str, dict[int, float]] | None = None  # key -> {step: value}
     metric_tags: bool = True  # write harness.metric_label and harness.metric_bounds
     outcomes_format: str = "metric_sum"  # or "correct": the format before metric_sum
+    lr: str = "0.001"  # another rate is another cell
 
 
 # How the training side declares the metrics these runs use: label, bounds, direction, and
@@ -84,7 +85,8 @@ def _write(client: MlflowClient, exp_id: str, parent_id: str, grid: str, run: Ru
     label, bounds, higher, summed = METRICS[run.metric]
     tags = {
         schema.PARENT: parent_id,
-        schema.CELL_ID: f"{run.task}-{run.attention}-{run.optimizer}{sweep}-{run.seed}",
+        schema.CELL_ID: f"{run.task}-{run.attention}-{run.optimizer}{sweep}-{run.seed}"
+        + ("" if run.lr == "0.001" else f"-lr{run.lr}"),
         schema.GRID: grid,
         schema.PHASE: "final",
         schema.OUTCOME: "diverged" if diverged else "ok",
@@ -95,13 +97,13 @@ def _write(client: MlflowClient, exp_id: str, parent_id: str, grid: str, run: Ru
     }
     if run.metric_tags:
         tags |= {schema.METRIC_LABEL: label, schema.METRIC_BOUNDS: bounds}
-    name = f"{run.task}/{run.attention}/{run.optimizer}/lr=0.001{sweep}/seed={run.seed}"
+    name = f"{run.task}/{run.attention}/{run.optimizer}/lr={run.lr}{sweep}/seed={run.seed}"
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
     params = {
         "task": run.task,
         "attention": run.attention,
         "optimizer": run.optimizer,
-        "lr": "0.001",
+        "lr": run.lr,
         "seed": str(run.seed),
         "steps": "20",
         "phase": "final",
@@ -219,7 +221,13 @@ def test_six_seeds_of_clearly_separated_scores_are_significant(
     ((row,),) = tables(html, "comparisons")
     assert row["n"] == "6" and row["p seeds"] == "0.0312"  # 2 / 2^6, exact
     assert float(row["p two-way bootstrap (check, not a test)"]) < 0.01
-    assert not row["95% CI of P (unadjusted)"].endswith("*")  # 6 seeds: not marked
+    # 6 seeds, but every dot run is below every multihead run in every bootstrap replicate:
+    # P(A > B)'s interval is 0 - 0, which describes these runs, not a certainty; marked
+    assert row["95% CI of P (unadjusted)"] == "0.00 – 0.00*"
+    assert "zero width (every bootstrap replicate gave the same value" in html
+    (ranked,) = tables(html, "ranking")
+    assert [r["95% interval"] for r in ranked] == ["1.00 – 1.00*", "2.00 – 2.00*"]
+    assert "95% interval 1.00 – 1.00 (of zero width: every bootstrap replicate" in html
     assert row["p"] == row["p seeds"] and row["p (Holm)"] == row["p seeds"]  # m = 1
     assert row["result"] == "multihead better" and row["reason"] == ""
     assert float(row["P(A>B)"]) == 0.0  # every dot run is worse than every multihead run
@@ -247,10 +255,14 @@ def test_intervals_include_the_test_set_when_seeds_agree(client: MlflowClient) -
     assert dot["mean"] == pytest.approx(p) and dot["std"] == 0.0
     assert (dot.ci_high - dot.ci_low) / 2 == pytest.approx(half, rel=0.15)
     assert dot.ci_low < p < dot.ci_high and dot.interval == "seeds and test set"
-    # no per-example outcomes: seed-only bootstrap, and it says so
+    # no per-example outcomes and seeds that agree: nothing varies, so no interval (a
+    # zero-width one would claim a certainty that 3 seeds cannot give), and it says why
     additive = row_of(table, "additive")
-    assert additive.ci_low == additive.ci_high == pytest.approx(80 / 104)
-    assert additive.interval == "seeds only (test-set uncertainty not included)"
+    assert math.isnan(additive.ci_low) and math.isnan(additive.ci_high)
+    assert additive.interval == (
+        "seeds only (test-set uncertainty not included); no interval: the 3 seeds scored "
+        "alike and nothing else varies"
+    )
     # one seed: the test set alone
     single = row_of(table, "scaled_dot")
     assert single.interval == "test set only (1 seed)" and single.ci_high - single.ci_low > 0.1
@@ -843,3 +855,130 @@ def test_a_winners_verdict_says_a_shared_reason_once() -> None:
 
     text = _grouped([("a", "Holm p = 1; why"), ("b", "Holm p = 0.5"), ("c", "Holm p = 1; why")])
     assert text == "a and c (each Holm p = 1; why), or from b (Holm p = 0.5)"
+
+
+def test_a_diverged_run_never_scores_above_a_finished_run(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """bpc's chance level is the unigram bpc, and a run that finished undertrained can be worse
+    than that. A diverged run counts as the worse of the chance level and the worst finished
+    score of its task, so a configuration that diverged on every seed is never ranked, or
+    called significantly better, above one that finished."""
+    bpc = {"metric": "bpc", "task": "char_lm", "chance": 3.0}
+    seeds = range(1, 8)  # 7 seeds: 3 comparisons can pass Holm's first step
+    runs = [Run("dot", "adam", s, correct_with(90 + s % 3, s), **bpc) for s in seeds]
+    runs += [Run("multihead", "adam", s, correct_with(s % 3, 10 + s), **bpc) for s in seeds]
+    runs += [Run("additive", "adam", s, None, **bpc) for s in seeds]
+    write_experiment(client, "undertrained", runs)
+    exp, sc, table = analyse(client, "undertrained")
+    multihead, additive = row_of(table, "multihead"), row_of(table, "additive")
+    worst = exp.final[exp.final.attention == "multihead"].test.max()
+    assert multihead["mean"] > 3.0  # finished, worse than the chance level
+    assert additive["mean"] == pytest.approx(worst)  # diverged: the worst finished score
+    assert any("worse than the chance level" in note for note in sc.notes)
+    ranked = stats.ranking(table, sc)
+    assert ranked.config.tolist()[-1] == "additive + adam"
+    tests = stats.comparisons(exp, sc)
+    pair = tests[(tests.a == "additive") & (tests.b == "multihead")].iloc[0]
+    assert pair.better == "multihead" and not pair.significant
+    assert stats.winners(exp, table, sc).winners[0] == ["dot + adam"]
+
+
+def test_a_task_on_which_every_run_diverged_has_no_winner(
+    client: MlflowClient, tmp_path: Path
+) -> None:
+    """Every run scored at chance is not a tie for the best: the report says nothing trained."""
+    runs = [Run(kind, "adam", s, None, task="copy") for kind in ("dot", "multihead")
+            for s in (1, 2, 3)]  # fmt: skip
+    runs += [Run(kind, "adam", s, correct_with(80 + s, 10 * i + s))
+             for i, kind in enumerate(("dot", "multihead")) for s in (1, 2, 3)]  # fmt: skip
+    write_experiment(client, "gone", runs)
+    exp, sc, table = analyse(client, "gone")
+    won = stats.winners(exp, table, sc).set_index("task")
+    assert won.winners["copy"] == [] and pd.isna(won.winner["copy"])
+    assert won.verdict["copy"] == "every run of every configuration diverged (6 runs)"
+    assert won.winners["text_cls"] != []
+    html = report_html(client, "gone", tmp_path)
+    said = [f for f in findings(html) if f.startswith("On copy")]
+    assert said == [
+        "On copy, every run of every configuration diverged (6 runs, each counted at the chance "
+        "level): there is no best configuration."
+    ]
+    (summary,) = tables(html, "summary")
+    copy = next(r for r in summary if r["task"] == "copy")
+    assert (copy["winner"], copy["n"], copy["diverged"]) == ("none", "6", "6")
+    assert stats.best_indices(table[table.task == "copy"]) == []  # no row marked best
+
+
+def test_no_zero_width_interval_is_shown_as_certainty(client: MlflowClient, tmp_path: Path) -> None:
+    """Every seed right on every test example, two configurations equal on every seed and
+    example, a configuration that diverged on every seed: the t interval and the bootstrap
+    have nothing to vary, and their zero-width interval would read as certainty. Such an
+    interval is none, with the reason; the difference's interval says what it includes."""
+    runs = []
+    for s in (1, 2, 3):
+        same = correct_with(80 + s, s)
+        runs += [Run("dot", "adam", s, np.ones(N_TEST, dtype=int)),  # 104/104 on every seed
+                 Run("multihead", "adam", s, same), Run("additive", "adam", s, same.copy()),
+                 Run("scaled_dot", "adam", s, None)]  # fmt: skip
+    write_experiment(client, "flat", runs)
+    exp, sc, table = analyse(client, "flat")
+    perfect, gone = row_of(table, "dot"), row_of(table, "scaled_dot")
+    assert perfect["mean"] == 1.0 and math.isnan(perfect.ci_low) and math.isnan(perfect.ci_high)
+    assert perfect.interval == (
+        "seeds and test set; no interval: the 3 seeds scored alike and nothing else varies"
+    )
+    assert (
+        math.isnan(gone.ci_low)
+        and gone.interval == "no interval: every seed diverged (scored at chance)"
+    )
+    tests = stats.comparisons(exp, sc).set_index(["a", "b"])
+    equal = tests.loc[("additive", "multihead")]
+    assert math.isnan(equal.diff_low) and math.isnan(equal.diff_high)
+    assert equal.diff_interval == "no interval: equal on every paired seed and test example"
+    varied = tests.loc[("dot", "multihead")]
+    assert varied.diff_low < varied["diff"] < varied.diff_high
+    assert varied.diff_interval == "seeds and test set"
+    html = report_html(client, "flat", tmp_path)
+    (summary,) = tables(html, "summary")
+    assert summary[0]["winner"] == "dot + adam" and summary[0]["95% interval"] == "none"
+    first = next(f for f in findings(html) if f.startswith("On text_cls"))
+    assert "dot + adam 1 (no interval: the 3 seeds scored alike and nothing else varies" in first
+    rows = [r for t in tables(html, "comparisons") for r in t]
+    shown = next(r for r in rows if (r["A"], r["B"]) == ("additive", "multihead"))
+    assert shown["95% CI (unadjusted)"] == "none: equal on every paired seed and test example"
+    # in the figure, the two means without an interval are hollow, not bare precise points
+    from harness.report.plots import point_plot
+
+    fig = point_plot(table, "text_cls", Style.of(exp.order, exp.runs.attention))
+    hollow = [line for line in fig.axes[0].lines if line.get_markerfacecolor() == "white"]
+    assert sorted(float(y) for line in hollow for y in line.get_ydata()) == [0.25, 1.0]
+
+
+def test_a_difference_from_one_paired_seed_says_it_is_the_test_sets_alone(
+    client: MlflowClient,
+) -> None:
+    runs = [Run("dot", "adam", 1, correct_with(70, 1)), Run("multihead", "adam", 1,
+            correct_with(90, 2)), Run("multihead", "adam", 2, correct_with(91, 3))]  # fmt: skip
+    write_experiment(client, "lone", runs)
+    exp, sc, _ = analyse(client, "lone")
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.n == 1 and c.diff_low < c.diff < c.diff_high
+    assert c.diff_interval == "test set only (1 paired seed)"
+
+
+def test_a_seed_run_twice_at_two_rates_counts_once(client: MlflowClient) -> None:
+    """Final runs of one configuration at two learning rates (a grid re-tuned and launched
+    again into the same experiment): each seed is one draw of the seed's effect, so it counts
+    once, by its newest run, and a note says so; counted twice, 3 seeds would pass for 6."""
+    runs = [Run("dot", "adam", s, correct_with(75 + s, s)) for s in (1, 2, 3)]
+    runs += [Run("multihead", "adam", s, correct_with(85 + s, 10 + s)) for s in (1, 2, 3)]
+    runs += [Run("dot", "adam", s, correct_with(65 + s, 20 + s), lr="0.003") for s in (1, 2, 3)]
+    write_experiment(client, "retuned", runs)
+    exp, sc, table = analyse(client, "retuned")
+    dot = row_of(table, "dot")
+    assert (dot.runs, dot.n) == (6, 3) and dot.lr == "0.001, 0.003"
+    assert dot["mean"] == pytest.approx(np.mean([66, 67, 68]) / N_TEST)  # the newer runs
+    assert any("3 seeds have more than one final run" in note for note in sc.notes)
+    (c,) = stats.comparisons(exp, sc).itertuples()
+    assert c.n == 3 and c.mean_a == pytest.approx(dot["mean"])

@@ -35,7 +35,7 @@ from harness.cli import main
 from harness.config import resolve
 from harness.errors import UserError
 from harness.store import resolve_experiment
-from harness.telemetry import off_unless_chosen
+from harness.telemetry import CHOICES, NO_RUN_LINKS, off_unless_chosen
 from harness.tracking import experiment_id, git_commit
 
 # A sweep of two d_k values, one attention kind, one seed, 10 steps: two tiny cells.
@@ -178,11 +178,22 @@ def test_each_results_row_links_to_mlflows_comparison_of_its_runs(
 def test_telemetry_is_off_unless_the_user_chose() -> None:
     environ: dict[str, str] = {}
     off_unless_chosen(environ)
-    assert environ == {"MLFLOW_DISABLE_TELEMETRY": "true"}
+    assert environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
     for chosen in ({"MLFLOW_DISABLE_TELEMETRY": "false"}, {"DO_NOT_TRACK": "false"}):
         environ = dict(chosen)
         off_unless_chosen(environ)
-        assert environ == chosen
+        assert {k: environ.get(k) for k in CHOICES} == {k: chosen.get(k) for k in CHOICES}
+
+
+def test_mlflow_prints_no_run_links_unless_the_user_asked() -> None:
+    """Against a tracking server MLflow's client fetches each run it ends to print a link on
+    stdout; the harness's processes do not, unless the user set the variable."""
+    environ: dict[str, str] = {}
+    off_unless_chosen(environ)
+    assert environ[NO_RUN_LINKS] == "true"
+    environ = {NO_RUN_LINKS: "false"}
+    off_unless_chosen(environ)
+    assert environ[NO_RUN_LINKS] == "false"
 
 
 def test_the_command_line_turns_telemetry_off_before_mlflow_is_imported(tmp_path: Path) -> None:

@@ -171,14 +171,19 @@ def worker_main(conn: Connection, threads: int, accelerator: str, gpu: str | Non
     torch.set_num_threads(threads)
     sink = PipeSink(conn)
     while (job := conn.recv()) is not None:
-        conn.send(run_job(sink, job, accelerator, conn.send))
+        conn.send(run_job(sink, job, accelerator, send=conn.send))
 
 
 def run_job(
-    client: Any, job: Job, accelerator: str, send: Callable[[Steps], None] | None = None
+    client: Any,
+    job: Job,
+    accelerator: str,
+    node: str | None = None,
+    send: Callable[[Steps], None] | None = None,
 ) -> Done:
     """Train one cell into its run through `client` (an MlflowClient or a sink), telling
-    `send` how far it has come (`Steps`, every few seconds); every backend's workers call this."""
+    `send` how far it has come (`Steps`, every few seconds); every backend's workers call this.
+    `node`: where it trains, as the run's harness.node tag says (default: this host's name)."""
     from harness.config import RunConfig
     from harness.tracking import MlflowRunLogger
     from harness.train import run_cell
@@ -189,8 +194,9 @@ def run_job(
         send(Steps(job.run_id, steps, seconds))
 
     try:
+        logger = MlflowRunLogger(client, job.run_id)
         result = run_cell(
-            cfg, MlflowRunLogger(client, job.run_id), accelerator=accelerator,
+            cfg, logger, accelerator=accelerator, node=node,
             report=None if send is None else report,
         )  # fmt: skip
     except Exception:  # run_cell has recorded the error in the run, which is FAILED

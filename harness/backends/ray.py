@@ -17,6 +17,15 @@ calls of up to 1000 points):
 Either way each actor says how far its cell has come (`Steps`, every few seconds) through a
 Ray queue, the progress bar's one channel when actors write to a server.
 
+Each actor is handed cells only once it has started (its `ready` call answered), so a cell
+never waits behind an actor that Ray cannot place. An actor that dies with its cell (its
+process or its whole node killed) loses only that cell (`Lost`: the launcher marks its run
+KILLED) and is replaced by a new actor; where the cluster has no room left for it (a node
+gone) the new one waits for a CPU and the remaining actors go on with the grid. An actor that
+dies before it has started is not replaced. When no actor is left, or none has started for
+`PLACEMENT_WAIT` seconds with none training, the grid stops with one line (`NoWorkers`, exit
+2) rather than wait for ever; the same command resumes it.
+
 Its one option, `--ray-address`, is declared here (`OPTIONS`) and reaches `make_pool` as
 `ray_address`; the command line and the launcher only pass it along. The shared option
 `cells_per_gpu` N makes each actor ask for 1/N of a GPU (`actor_gpus`), so Ray places N
@@ -28,7 +37,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from harness.backends import check_cells_per_gpu
@@ -41,6 +53,9 @@ from harness.store import is_http
 LOCAL = (None, "", "local")  # --ray-address values that mean "start Ray on this machine"
 GPU_ACCELERATORS = ("gpu", "cuda")  # --accelerator values that make each actor ask for a GPU
 QUEUE_BATCH = 1000  # queue items taken per poll
+# Seconds the pool waits for an actor to start while none has: a node's first actor imports
+# torch, Lightning and MLflow (seconds; a minute or more from a cold network file system).
+PLACEMENT_WAIT = 300.0
 _INIT: dict[str, Any] = {  # how the launcher starts or joins Ray: quiet, no dashboard
     "include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING,
     "configure_logging": True,
@@ -125,6 +140,10 @@ def _gpus(ray: Any, ray_address: str | None) -> float:
         ray.shutdown()
 
 
+class NoWorkers(UserError):
+    """No Ray actor is left to train the grid's cells, or none could start in time."""
+
+
 class _QueueConn:
     """What PipeSink needs of a connection (`send`), over a Ray queue."""
 
@@ -153,15 +172,51 @@ class CellWorker:
         torch.set_num_threads(threads)
         quiet_libraries()
         self.accelerator = accelerator
-        self.send = _QueueConn(queue).send  # how far a cell has come, whatever the store
+        self.node = ray_node()
+        self.progress: _QueueConn | None = _QueueConn(queue)  # whatever the store
         if tracking_uri:  # a server that goes away: each call retried up to the deadline
             warn = logging.getLogger(__name__).warning
             self.client = RetryingClient(MlflowClient(tracking_uri), deadline, warn)
         else:
             self.client = PipeSink(_QueueConn(queue))
 
+    def ready(self) -> bool:
+        """Answers once the actor is placed on a node and has started."""
+        return True
+
     def run(self, job: Job) -> Done:
-        return run_job(self.client, job, self.accelerator, self.send)
+        return run_job(self.client, job, self.accelerator, self.node, self.report)
+
+    def report(self, steps: Steps) -> None:
+        """How far a cell has come, on the queue. A queue lost with its node loses only that:
+        cells train on, and the launcher counts each when it ends."""
+        import ray
+
+        if self.progress is None:
+            return
+        try:
+            self.progress.send(steps)
+        except ray.exceptions.RayError:
+            self.progress = None
+
+
+def ray_node() -> str:
+    """This Ray worker's node as harness.node says: "<host name>/<node id, first 8 hex>"
+    (two Ray nodes on one machine share the host name and may share the IP address)."""
+    import ray
+
+    return f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+
+
+@dataclass
+class _Slot:
+    """One actor of the pool: `starting`, the future of its `ready` call until it answers;
+    then `job` and its `future` while it trains a cell."""
+
+    actor: Any
+    starting: Any | None
+    future: Any | None = None
+    job: Job | None = None
 
 
 class RayPool:
@@ -174,6 +229,7 @@ class RayPool:
         address: str | None,
         tracking_uri: str,
         cells_per_gpu: int | None = None,
+        placement_wait: float | None = None,  # default: PLACEMENT_WAIT
     ) -> None:
         import ray
         from ray.util.queue import Queue
@@ -188,7 +244,7 @@ class RayPool:
                 ray.init(address=address, **_INIT)
         on_gpu = accelerator in GPU_ACCELERATORS or _auto_gpu(ray, accelerator)
         workers = workers or _default_actors(ray, cells_per_gpu if on_gpu else None)
-        direct = is_http(tracking_uri)  # actors write to the server themselves
+        self.direct = direct = is_http(tracking_uri)  # actors write to the server themselves
         self.queue = Queue()  # every cell's `Steps`; with a local store, its writes too
         threads = max(1, (os.cpu_count() or 1) // workers) if local else 1
         gpus = actor_gpus(on_gpu, cells_per_gpu or 1)
@@ -197,48 +253,112 @@ class RayPool:
         self._new = lambda: actor.remote(
             threads, accelerator, tracking_uri if direct else None, self.queue, deadline
         )
-        self._actors = [self._new() for _ in range(workers)]
-        self._running: dict[Any, tuple[int, Job]] = {}  # future -> (actor index, job)
+        self.need = "1 CPU" + (f" and {gpus:g} GPU" if gpus else "")  # what one actor asks for
+        self.placement_wait = PLACEMENT_WAIT if placement_wait is None else placement_wait
+        self._slots = [self._start() for _ in range(workers)]
+        self._none_started_since: float | None = None
+
+    def _start(self) -> _Slot:
+        """A new actor, handed no cell before its `ready` call answers."""
+        actor = self._new()
+        return _Slot(actor, actor.ready.remote())
 
     @property
     def idle(self) -> int:
-        return len(self._actors) - len(self._running)
+        return sum(s.starting is None and s.job is None for s in self._slots)
 
     def submit(self, job: Job) -> None:
-        busy = {index for index, _ in self._running.values()}
-        index = next(i for i in range(len(self._actors)) if i not in busy)
-        self._running[self._actors[index].run.remote(job)] = (index, job)
+        slot = next(s for s in self._slots if s.starting is None and s.job is None)
+        slot.future, slot.job = slot.actor.run.remote(job), job
 
     def poll(self, timeout: float) -> Iterable[Event]:
-        """Finished cells are found first, then the queue is drained, then the cells are
-        reported: every call a cell made is applied before its run is counted done."""
+        """Started actors and finished cells are found first, then the queue is drained, then
+        the cells are reported: every call a cell made is applied before its run is counted
+        done."""
+        waiting = {}  # future -> (its slot, whether it is the slot's `ready` call)
+        for slot in self._slots:
+            if slot.starting is not None:
+                waiting[slot.starting] = (slot, True)
+            elif slot.future is not None:
+                waiting[slot.future] = (slot, False)
         ready: list = []
-        if self._running:
-            ready, _ = self.ray.wait(list(self._running), num_returns=len(self._running),
-                                     timeout=timeout)  # fmt: skip
+        if waiting:
+            ready, _ = self.ray.wait(list(waiting), num_returns=len(waiting), timeout=timeout)
         yield from self._drain_queue()
         for future in ready:
-            index, job = self._running.pop(future)
-            try:
-                yield self.ray.get(future)
-            except self.ray.exceptions.RayActorError as err:
-                self._actors[index] = self._new()
-                yield Lost(job.run_id, f"Ray actor died: {str(err).splitlines()[0]}")
-            except self.ray.exceptions.RayError as err:
-                yield Lost(job.run_id, f"Ray task failed: {str(err).splitlines()[0]}")
+            slot, starting = waiting[future]
+            if starting:
+                self._started(slot)
+            else:
+                yield self._ended(slot)
+        self._check_started()
+
+    def _started(self, slot: _Slot) -> None:
+        """The actor answered its `ready` call, or died before it could (its node gone, or
+        its start failed): then it is dropped, not replaced, so an actor that cannot start
+        is not started again and again."""
+        try:
+            self.ray.get(slot.starting)
+        except self.ray.exceptions.RayError as err:
+            self._slots.remove(slot)
+            if not self._slots:
+                raise NoWorkers(f"no Ray worker left: the last one died as it started "
+                                f"({_first_line(err)})") from None  # fmt: skip
+            return
+        slot.starting = None
+
+    def _ended(self, slot: _Slot) -> Event:
+        """The actor's cell ended: its `Done`, or `Lost` when the actor died with it. A dead
+        actor is killed for good (one only out of reach must not go on writing the run) and
+        a new one takes its place, which waits where the cluster has no room for it."""
+        future, job = slot.future, slot.job
+        assert job is not None
+        slot.future = slot.job = None
+        try:
+            return self.ray.get(future)
+        except self.ray.exceptions.RayActorError as err:
+            self.ray.kill(slot.actor, no_restart=True)
+            self._slots[self._slots.index(slot)] = self._start()
+            return Lost(job.run_id, f"Ray actor died: {_first_line(err)}")
+        except self.ray.exceptions.RayError as err:
+            return Lost(job.run_id, f"Ray task failed: {_first_line(err)}")
+
+    def _check_started(self) -> None:
+        """Stop waiting once no actor has started for `placement_wait` seconds while none is
+        training: the cluster lost the nodes it had, or has no room for one."""
+        if any(s.starting is None for s in self._slots):
+            self._none_started_since = None
+            return
+        now = time.monotonic()
+        if self._none_started_since is None:
+            self._none_started_since = now
+        elif now - self._none_started_since > self.placement_wait:
+            raise NoWorkers(
+                f"no Ray worker could start in {self.placement_wait:g} s: the cluster has no "
+                f"room for one ({self.need}); run the same command again when it has"
+            )
 
     def _drain_queue(self) -> Iterable[Write | Steps]:
-        while not self.queue.empty():
-            yield from self.queue.get_nowait_batch(min(QUEUE_BATCH, self.queue.qsize()))
+        try:
+            while self.queue is not None and not self.queue.empty():
+                yield from self.queue.get_nowait_batch(min(QUEUE_BATCH, self.queue.qsize()))
+        except self.ray.exceptions.RayActorError:
+            if not self.direct:  # it carried the runs' writes
+                raise
+            self.queue = None  # it carried only `Steps`: cells are counted when they end
 
     def shutdown(self, kill: bool = False) -> list[Job]:
-        running = [job for _, job in self._running.values()]
-        for actor in self._actors:
-            self.ray.kill(actor)
-        self._running.clear()
+        running = [s.job for s in self._slots if s.job is not None]
+        for slot in self._slots:
+            self.ray.kill(slot.actor)
+        self._slots.clear()
         if self.started_ray:
             self.ray.shutdown()
         return running
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _init_loopback(ray: Any, **kwargs: Any) -> None:

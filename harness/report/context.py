@@ -241,6 +241,9 @@ def _statistics_context(numbers: stats.Statistics) -> dict[str, Any]:
         "few_seeds": stats.FEW_SEEDS,
         "few_seeds_caveat": stats.few_seeds_caveat(table),
         "few_seeds_pairs": int(tests.n.between(1, stats.FEW_SEEDS - 1).sum()) if len(tests) else 0,
+        "degenerate_pairs": int(((tests.n > 0) & (tests.pi_low == tests.pi_high)).sum())
+        if len(tests)
+        else 0,
         "unreached_targets": stats.unreached_targets(table),
         "friedman_max_tasks": stats.FRIEDMAN_MAX_PERMUTATION_TASKS,
         "n_boot": stats.N_BOOT,

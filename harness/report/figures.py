@@ -42,7 +42,8 @@ from harness.report.stats import (
 from harness.report.style import DPI, Style, metric_label, n_caption
 
 INTERVAL = ("95% interval from the seed and test-set variance, mean ± t·√(s²/n + v_test) "
-            "(the results table's numbers); diverged runs count at chance.")  # fmt: skip
+            "(the results table's numbers); diverged runs count at chance. A hollow point has "
+            "no interval: nothing varied (the results table says why).")  # fmt: skip
 ACROSS = "Across tasks"
 
 

@@ -19,6 +19,7 @@ from harness.report.style import (
     LINESTYLES,
     Style,
     clip_to_metric,
+    hollow_without_interval,
     legend_outside,
     metric_label,
     panel_grid,
@@ -71,6 +72,7 @@ def point_plot(table: pd.DataFrame, task: str, style: Style) -> Figure:
             x = np.arange(len(optimizers)) + (k - (len(kinds) - 1) / 2) * width
             ax.errorbar(x, mine["mean"], yerr=yerr(mine), fmt="o", color=palette[kind],
                         label=kind, capsize=3, markersize=5, linewidth=1.2)  # fmt: skip
+            hollow_without_interval(ax, x, mine, palette[kind])
         ax.set_xticks(range(len(optimizers)), optimizers)
         ax.set_xlabel("optimizer")
         ax.set_ylabel(metric_label(part))
@@ -170,6 +172,7 @@ def sweep_plot(table: pd.DataFrame, task: str, key: str, style: Style) -> Figure
             x = mine.swept if numeric else mine.swept.astype(str)
             ax.errorbar(x, mine["mean"], yerr=yerr(mine), marker="o", capsize=3,
                         color=palette[kind], label=kind, linewidth=1.3, markersize=4)  # fmt: skip
+            hollow_without_interval(ax, x, mine, palette[kind])
         if numeric and min(rows.swept) > 0 and max(rows.swept) / min(rows.swept) >= 8:
             ax.set_xscale("log", base=2)
             ticks = sorted(set(rows.swept))

@@ -28,7 +28,8 @@ def environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(num=num, ttt=ttt, seconds=seconds, pvalue=pvalue, data_uri=data_uri)
+    env.filters.update(num=num, ttt=ttt, seconds=seconds, pvalue=pvalue, data_uri=data_uri,
+                       interval=interval)  # fmt: skip
     return env
 
 
@@ -65,6 +66,13 @@ def seconds(value: float) -> str:
     if value is None or math.isnan(value):
         return "—"
     return "not reached" if math.isinf(value) else f"{value:.1f} s"
+
+
+def interval(low: Any, high: Any, digits: int = 4) -> str:
+    """ "0.7012 – 0.7534"; "none" when there is no interval (its row says why)."""
+    if num(low, digits) == "—" or num(high, digits) == "—":
+        return "none"
+    return f"{num(low, digits)} – {num(high, digits)}"
 
 
 def pvalue(value: float) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -73,6 +74,15 @@ def yerr(rows: pd.DataFrame) -> np.ndarray:
     the bar then stops at the mean)."""
     err = np.vstack([rows["mean"] - rows.ci_low, rows.ci_high - rows["mean"]])
     return np.clip(np.nan_to_num(err), 0, None)
+
+
+def hollow_without_interval(ax: Axes, x: Any, rows: pd.DataFrame, color: Any) -> None:
+    """Draw the points of `rows` that have no interval (nothing varied: the results table
+    says why) hollow, so that a point without a bar does not read as a precise one."""
+    missing = (rows.ci_low.isna() | rows.ci_high.isna()).to_numpy() & rows["mean"].notna()
+    if missing.any():
+        ax.plot(np.asarray(x)[missing.to_numpy()], rows["mean"][missing], "o", zorder=3,
+                markerfacecolor="white", markeredgecolor=color, markersize=5)  # fmt: skip
 
 
 def clip_to_metric(ax: Axes, rows: pd.DataFrame) -> None:

@@ -1,10 +1,11 @@
 """Four workers writing to one store at once, for a sustained grid: every run and every
-metric point arrives, once.
+metric point arrives, once. Each test runs against both stores, SQLite and PostgreSQL (a real
+server on 127.0.0.1; `store` in tests/conftest.py).
 
 - local backend, `--workers 4`: the workers send everything down their pipes and the
-  launcher writes it to SQLite, one writer;
+  launcher writes it to the store, one writer;
 - Ray backend, 4 actors, each writing its runs straight to a real `mlflow server` over HTTP
-  (the server serialises them into its SQLite store).
+  (four writers at once through the server into its store).
 """
 
 from __future__ import annotations
@@ -55,16 +56,17 @@ def _most_at_once(runs: list[Run]) -> int:
 
 @pytest.mark.slow
 def test_four_local_workers_through_one_writer_lose_and_double_nothing(
-    tracking_uri: str, client: MlflowClient, tmp_path: Path
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # artifacts: ./mlruns here
     path = write_grid(tmp_path, "four", **GRID)
-    assert run_grid(path, tracking_uri, "--workers", "4") == 0
-    _assert_every_point_once(client, "four")
+    assert run_grid(path, store, "--workers", "4") == 0
+    _assert_every_point_once(MlflowClient(store), "four")
 
 
 @pytest.fixture
-def server(_template_store: Path, tmp_path: Path) -> Iterator[MlflowServer]:
-    server = MlflowServer.over_copy(_template_store, tmp_path)
+def server(store: str, tmp_path: Path) -> Iterator[MlflowServer]:
+    server = MlflowServer(store, tmp_path / "artifacts")
     server.start()
     yield server
     server.stop()
@@ -78,4 +80,4 @@ def test_four_ray_actors_writing_to_a_tracking_server_lose_and_double_nothing(
     monkeypatch.chdir(tmp_path)
     path = write_grid(tmp_path, "four_ray", **GRID)
     assert run_grid(path, server.url, "--backend", "ray", "--workers", "4") == 0
-    _assert_every_point_once(MlflowClient(f"sqlite:///{server.db}"), "four_ray")
+    _assert_every_point_once(MlflowClient(server.store), "four_ray")

@@ -1,8 +1,10 @@
 """The MLflow tracking server SIGKILLed in the middle of a grid (a real `mlflow server` on
-127.0.0.1 over a SQLite store), restarted on the same port and store in time, or left down.
+127.0.0.1 over a SQLite store, and over a PostgreSQL database on a real PostgreSQL server),
+restarted on the same port and store in time, or left down.
 
-The store is read straight from the server's SQLite file, so the checks do not depend on
-the server being up. The launcher's deadline (HARNESS_TRACKING_DEADLINE) is short here.
+The store is read straight from the server's backend store (the SQLite file, the PostgreSQL
+database), so the checks do not depend on the MLflow server being up. The launcher's
+deadline (HARNESS_TRACKING_DEADLINE) is short here.
 """
 
 from __future__ import annotations
@@ -43,18 +45,16 @@ RETRYING = "unreachable; retrying for up to"
 
 
 @pytest.fixture
-def server(
-    _template_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[MlflowServer]:
+def server(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
     monkeypatch.chdir(tmp_path)
-    server = MlflowServer.over_copy(_template_store, tmp_path)
+    server = MlflowServer(store, tmp_path / "artifacts")
     server.start()
     yield server
     server.stop()
 
 
 def _store(server: MlflowServer) -> MlflowClient:
-    return MlflowClient(f"sqlite:///{server.db}")
+    return MlflowClient(server.store)
 
 
 @pytest.mark.slow  # 35-55 s each on 2 cores: `make test-slow` (CI runs both suites)

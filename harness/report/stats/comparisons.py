@@ -25,6 +25,7 @@ from harness.report.stats.primitives import (
     sign_flip_p,
     snap,
     two_stage_interval,
+    varied_interval,
 )
 from harness.report.stats.scores import Config, Scores, scores
 from harness.report.stats.table import _label
@@ -73,15 +74,16 @@ def compare(
                 ],
                 nan,
             )
-            | {"constant_equal": False, "all_equal": False, "n_nonzero": 0}
-        )
+            | {"constant_equal": False, "all_equal": False, "n_nonzero": 0,
+               "diff_interval": "no paired seeds"}
+        )  # fmt: skip
     idx = seed_draws(a.uniforms, n)
     xr = np.take_along_axis(a.reps[:, ia], idx, axis=1)
     yr = np.take_along_axis(b.reps[:, ib], idx, axis=1)
     diffs = (xr - yr).mean(axis=1)  # two-way replicates: seeds and examples
     test_only = (a.reps[:, ia] - b.reps[:, ib]).mean(axis=1)  # examples only, seeds fixed
     if n == 1:
-        out["diff_low"], out["diff_high"] = percentile_interval(test_only)
+        out["diff_low"], out["diff_high"] = varied_interval(test_only)
     else:
         out["diff_low"], out["diff_high"] = two_stage_interval(x - y, test_only)
     span = bounds[1] - bounds[0]  # inf for an unbounded metric: nothing is clipped
@@ -94,6 +96,7 @@ def compare(
     out["all_equal"] = bool(np.all(sx == sy))
     out["constant_equal"] = bool(np.all(sx == sx[0]) and np.all(sy == sx[0]))
     out["n_nonzero"] = int(np.count_nonzero(snap(x - y)))
+    out["diff_interval"] = _diff_interval(out, a.with_outcomes[ia], b.with_outcomes[ib])
     if n < 2:
         out |= {"p_seed": nan, "p_boot": nan, "p": nan}
         return out
@@ -101,6 +104,29 @@ def compare(
     out["p_boot"] = bootstrap_p(diffs)
     out["p"] = max(out["p_seed"], out["p_boot"])
     return out
+
+
+def _diff_interval(c: dict[str, Any], outcomes_a: np.ndarray, outcomes_b: np.ndarray) -> str:
+    """What the difference's interval includes, or why there is none (nothing varies: a
+    zero-width interval would read as certainty)."""
+    known = int(outcomes_a.sum() + outcomes_b.sum())
+    if c["n"] == 1:
+        kind = (
+            "test set only (1 paired seed)" if known == 2 else "none (1 paired seed, no outcomes)"
+        )
+    elif known == 2 * c["n"]:
+        kind = "seeds and test set"
+    elif known == 0:
+        kind = "seeds only (test-set uncertainty not included)"
+    else:
+        kind = f"seeds; test set for {known} of {2 * c['n']} runs"
+    if kind.startswith("none") or math.isfinite(c["diff_low"]):
+        return kind
+    if c["all_equal"]:
+        return "no interval: equal on every paired seed" + (" and test example" if known else "")
+    if c["n"] == 1:
+        return "no interval: resampling the test set changes nothing"
+    return f"no interval: the {c['n']} paired differences are alike and nothing else varies"
 
 
 def _reason(c: dict[str, Any], m: int) -> str:
@@ -152,7 +178,7 @@ COMPARISON_COLUMNS = [
     "task", "sweep", "kind", "within", "a", "b", "label_a", "label_b", "higher_is_better", "n",
     "diverged_a", "diverged_b", "mean_a", "mean_b", "diff", "diff_low", "diff_high",
     "p_improve", "pi_low", "pi_high", "p_seed", "p_boot", "p", "p_holm", "significant",
-    "better", "reason", "with_outcomes", "n_boot", "n_nonzero",
+    "better", "reason", "with_outcomes", "n_boot", "n_nonzero", "diff_interval",
 ]  # fmt: skip
 
 

@@ -43,7 +43,9 @@ def is_tie(a: float, b: float) -> bool:
 
 
 def percentile_interval(values: np.ndarray, level: float = CONFIDENCE) -> tuple[float, float]:
-    """(low, high) percentile interval of bootstrap replicates; NaN without replicates."""
+    """(low, high) percentile interval of bootstrap replicates; NaN without replicates. Of
+    zero width when every replicate is the same: `varied_interval` for a mean or a
+    difference, where that width would read as certainty."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if v.size == 0:
@@ -51,6 +53,16 @@ def percentile_interval(values: np.ndarray, level: float = CONFIDENCE) -> tuple[
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(v, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def varied_interval(values: np.ndarray, level: float = CONFIDENCE) -> tuple[float, float]:
+    """The percentile interval of replicates of a mean or difference (one seed: the test set
+    alone); NaN when they do not vary (snapped), as `two_stage_interval`."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0 or np.ptp(snap(v)) == 0:
+        return math.nan, math.nan
+    return percentile_interval(v, level)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -167,10 +179,16 @@ def two_stage_interval(
     sigma_sx^2/(n N): the interaction is counted twice, so the interval is conservative
     (somewhat too wide, most when the seed-by-example interaction is large; a review of the
     medium grid measured up to about 12% on text_cls's standard deviation), never too narrow
-    on that account.
+    on that account. Subtracting the interaction once would make it unbiased, but then it
+    under-covers at 3 seeds (0.92 simulated; `benchmarks/interval_coverage.py`).
     df by Welch-Satterthwaite with v_test taken as known (it rests on thousands of examples):
     df = (s^2/n + v_test)^2 / ((s^2/n)^2 / (n - 1)), which is n - 1 when the seeds dominate
-    (0.70 and 0.80: 0.75 +- 12.706 * 0.05) and tends to the normal when the test set does."""
+    (0.70 and 0.80: 0.75 +- 12.706 * 0.05) and tends to the normal when the test set does.
+
+    NaN when nothing varies (s^2 = 0 and v_test = 0: seeds that agree, on a test set whose
+    resampling changes nothing, or without outcomes): a zero-width interval would claim a
+    certainty that n seeds cannot give (n seeds that agree still allow a different score
+    with probability up to about 3/n, the rule of three)."""
     x = np.asarray(per_seed, dtype=float)
     n = x.size
     if n < 2:
@@ -182,7 +200,7 @@ def two_stage_interval(
     test_part = float(np.var(r, ddof=1)) if r.size > 1 and np.ptp(snap(r)) > 0 else 0.0
     total = seed_part + test_part
     if total <= 0:
-        return mean, mean
+        return math.nan, math.nan
     tail = 1 - (1 - level) / 2
     if seed_part == 0:
         q = float(st.norm.ppf(tail))

@@ -19,9 +19,9 @@ from harness.report.stats.primitives import (
     CHUNK,
     KEY,
     N_BOOT,
-    percentile_interval,
     seed_draws,
     two_stage_interval,
+    varied_interval,
 )
 
 # --------------------------------------------------------------------------- scores and draws
@@ -58,27 +58,34 @@ class Config:
     def interval(self) -> tuple[float, float]:
         """95% interval of the mean: two seeds or more, the two-stage interval (seed variance
         plus the example-only bootstrap variance of the mean); one seed, the percentile
-        interval of the example bootstrap (test set only); NaN without either."""
+        interval of the example bootstrap (test set only); NaN without either, and NaN when
+        nothing varies (`two_stage_interval`, `varied_interval`)."""
         if self.n == 0 or (self.n == 1 and not self.with_outcomes.all()):
             return math.nan, math.nan
         if self.n == 1:
-            return percentile_interval(self.reps[:, 0])
+            return varied_interval(self.reps[:, 0])
         return two_stage_interval(self.scores, self.reps.mean(axis=1))
 
     def interval_kind(self) -> str:
-        """What the interval includes, in words."""
+        """What the interval includes, in words, and why there is none when nothing varies."""
         if self.n == 0:
             return "no score"
         if self.diverged.all():
-            return "every seed diverged (scored at chance)"
+            return "no interval: every seed diverged (scored at chance)"
         lacking = int((~self.with_outcomes).sum())
         if self.n == 1:
-            return "test set only (1 seed)" if lacking == 0 else "none (1 seed, no outcomes)"
-        if lacking == 0:
-            return "seeds and test set"
-        if lacking == self.n:
-            return "seeds only (test-set uncertainty not included)"
-        return f"seeds; test set for {self.n - lacking} of {self.n} runs"
+            kind = "test set only (1 seed)" if lacking == 0 else "none (1 seed, no outcomes)"
+        elif lacking == 0:
+            kind = "seeds and test set"
+        elif lacking == self.n:
+            kind = "seeds only (test-set uncertainty not included)"
+        else:
+            kind = f"seeds; test set for {self.n - lacking} of {self.n} runs"
+        if kind.startswith("none") or math.isfinite(self.interval()[0]):
+            return kind
+        if self.n == 1:
+            return f"{kind}; no interval: resampling the test set changes nothing"
+        return f"{kind}; no interval: the {self.n} seeds scored alike and nothing else varies"
 
 
 @dataclass
@@ -103,7 +110,7 @@ def scores(exp: Experiment, n_boot: int = N_BOOT) -> Scores:
         return Scores(configs, notes)
     outcomes = getattr(exp, "outcomes", {}) or {}
     for task, runs in final.groupby("task", sort=False):
-        scored = _scored_runs(runs, notes)
+        scored = _one_run_per_seed(_scored_runs(runs, notes), notes)
         rng = np.random.default_rng([BOOT_SEED, zlib.crc32(str(task).encode())])
         per_config = scored.groupby(KEY, sort=False)
         n_max = max([len(g) for _, g in per_config] + [1])
@@ -129,6 +136,30 @@ def scores(exp: Experiment, n_boot: int = N_BOOT) -> Scores:
                 uniforms=uniforms,
             )
     return Scores(configs, notes, uniforms_by_task)
+
+
+def _one_run_per_seed(scored: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Each configuration's newest scored run of each seed. A configuration can hold two
+    final runs of one seed (its grid re-tuned to another rate and launched again into the
+    experiment: another cell); they share the seed's training stream, so they are one draw
+    of the seed's effect, and counted as two they would make n seeds pass for more. A note
+    names the configuration and its rates."""
+    newest = scored.sort_values("start_time", kind="stable").drop_duplicates(
+        [*KEY, "seed"], keep="last"
+    )
+    if len(newest) == len(scored):
+        return scored
+    for key, group in scored.groupby(KEY, sort=False):
+        repeated = group.seed[group.seed.duplicated()].nunique()
+        if repeated:
+            task, sweep, attention, optimizer = key
+            rates = ", ".join(f"{lr:g}" for lr in sorted(group.lr.unique()))
+            notes.append(
+                f"{task}{f' at {sweep}' if sweep else ''}, {attention} + {optimizer}: "
+                f"{repeated} seed{'s have' if repeated > 1 else ' has'} more than one final run "
+                f"(rates {rates}); each seed counts once, by its newest run."
+            )
+    return scored[scored.run_id.isin(newest.run_id)]
 
 
 def family_size(runs: pd.DataFrame) -> int:
@@ -171,6 +202,7 @@ def _scored_runs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     if not diverged.empty:
         chance = [_chance(r, runs, ok, notes) for r in diverged.itertuples()]
         out.loc[out.diverged, "score"] = chance
+        _no_better_than_finished(out, notes)
     lost = out[~np.isfinite(out.score.astype(float))]
     if not lost.empty:
         notes.append(
@@ -178,6 +210,35 @@ def _scored_runs(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
             "(no data.chance and no finite score on the task); they are left out."
         )
     return out[np.isfinite(out.score.astype(float))]
+
+
+def _no_better_than_finished(out: pd.DataFrame, notes: list[str]) -> None:
+    """In place: a diverged run's score is at most the worst finished score of its sweep point
+    (the worse of the two for the metric's direction). A run can finish worse than the chance
+    level (an undertrained language model above the unigram bpc, a classifier below the
+    majority class); scored at chance, a run that diverged would then rank above it. The
+    bound is a function of all configurations' runs together, the same whichever
+    configuration a run belongs to, so the paired tests' exchangeability is unchanged."""
+    higher = bool(out.higher_is_better.iloc[0])
+    for _, point in out.groupby("sweep", sort=False):
+        finished = point.score[~point.diverged.astype(bool)].astype(float)
+        if finished.empty:
+            continue
+        worst = float(finished.min() if higher else finished.max())
+        gone = point.index[point.diverged.astype(bool)]
+        scores = out.loc[gone, "score"].astype(float)
+        above = scores > worst if higher else scores < worst
+        if not above.any():
+            continue
+        out.loc[gone[above.to_numpy()], "score"] = worst
+        task = point.task.iloc[0]
+        where = f"{task}" + (f" at {point.sweep.iloc[0]}" if point.sweep.iloc[0] else "")
+        notes.append(
+            f"{where}: a finished run scored worse than the chance level "
+            f"({point.metric.iloc[0]} {worst:.4g}); the {int(above.sum())} diverged run(s) "
+            "count at that worst finished score instead, so that no diverged run ranks "
+            "above a finished one."
+        )
 
 
 def _chance(run: Any, runs: pd.DataFrame, ok: pd.DataFrame, notes: list[str]) -> float:

@@ -3,6 +3,7 @@ sentences, and the representative runs whose attention maps the report shows."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pandas as pd
@@ -66,6 +67,12 @@ def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFram
     for w in won.itertuples():
         rows = table[table.task == w.task]
         words = rows.metric_label.iloc[0]
+        if not w.winners and w.n:
+            out.append(
+                f"On {w.task}, every run of every configuration diverged ({w.n} runs, each "
+                "counted at the chance level): there is no best configuration."
+            )
+            continue
         if not w.winners:
             out.append(f"On {w.task}, no configuration has a score.")
             continue
@@ -91,9 +98,14 @@ def summary_sentences(table: pd.DataFrame, tests: pd.DataFrame, won: pd.DataFram
             -c.diff, -c.diff_high, -c.diff_low)  # fmt: skip
         pi = c.p_improve if a_better else 1 - c.p_improve
         where = f"{c.task}" + (f" at {c.sweep}" if c.sweep else "")
+        ci = (
+            f"95% CI {_fmt(low, 3)} to {_fmt(high, 3)}"
+            if math.isfinite(low) and math.isfinite(high)
+            else c.diff_interval
+        )
         out.append(
             f"On {where}, {win} beats {lose}: {words} {_fmt(m_win, 3)} vs {_fmt(m_lose, 3)} "
-            f"(difference {_fmt(diff, 3)}, 95% CI {_fmt(low, 3)} to {_fmt(high, 3)}; "
+            f"(difference {_fmt(diff, 3)}, {ci}; "
             f"P(improvement) {pi:.2f}; unadjusted intervals), paired p = {_p_text(c.p)} (the "
             f"exact permutation test over seeds, which sets the level, {_p_text(c.p_seed)}; the "
             f"{BOOT_P_NAME} check {_p_text(c.p_boot)}), Holm-adjusted {_p_text(c.p_holm)}, "
@@ -195,10 +207,11 @@ def few_seeds_caveat(table: pd.DataFrame) -> str:
 def _interval_words(d: dict[str, Any]) -> str:
     """ "95% interval 0.70 to 0.80, seeds and test set; 3 seeds (4 runs)" for one winner."""
     runs = f" ({d['runs']} runs)" if d["runs"] != d["n"] else ""
-    return (
-        f"95% interval {_fmt(d['ci_low'])} to {_fmt(d['ci_high'])}, {d['interval']}; "
-        f"{d['n']} seed{'s' if d['n'] != 1 else ''}{runs}"
-    )
+    seeds = f"{d['n']} seed{'s' if d['n'] != 1 else ''}{runs}"
+    if not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
+        why = d["interval"].split("no interval: ", 1)[-1]
+        return f"no interval: {why}; {seeds}"
+    return f"95% interval {_fmt(d['ci_low'])} to {_fmt(d['ci_high'])}, {d['interval']}; {seeds}"
 
 
 def _why_none(tests: pd.DataFrame) -> str:

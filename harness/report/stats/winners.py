@@ -19,13 +19,19 @@ from harness.report.stats.table import config_label
 
 def best_indices(configs: pd.DataFrame) -> list[Any]:
     """Indexes of every configuration with the best mean among `configs` (rows of one task;
-    diverged runs already count at chance): ties are all returned."""
+    diverged runs already count at chance): ties are all returned. None when every run
+    diverged: scores all at chance are not a tie for the best."""
     pool = configs.dropna(subset=["mean"])
-    if pool.empty:
+    if pool.empty or _all_diverged(pool):
         return []
     higher = bool(configs.higher_is_better.iloc[0])
     best = pool["mean"].max() if higher else pool["mean"].min()
     return [i for i, v in pool["mean"].items() if is_tie(float(v), float(best))]
+
+
+def _all_diverged(configs: pd.DataFrame) -> bool:
+    scored = configs[configs.n > 0]
+    return not scored.empty and bool((scored.diverged == scored.n).all())
 
 
 WINNER_COLUMNS = ["task", "winner", "winners", "mean", "ci_low", "ci_high", "n", "runs",
@@ -52,12 +58,18 @@ def winners(
         tests = comparisons(exp, sc or scores(exp))
     rows = []
     for task, configs in table.groupby("task", sort=False):
+        scored = configs[configs.n > 0]
+        if _all_diverged(configs):  # all at chance: nothing trained, not a tie
+            runs = int(scored.n.sum())
+            rows.append([task, None, [], math.nan, math.nan, math.nan, runs, runs, runs, "", [],
+                         f"every run of every configuration diverged ({runs} runs)", 0,
+                         []])  # fmt: skip
+            continue
         best = best_indices(configs)
         if not best:
             rows.append([task, None, [], math.nan, math.nan, math.nan, 0, 0, 0, "", [],
                          "no configuration has a score", 0, []])  # fmt: skip
             continue
-        scored = configs[configs.n > 0]
         names = [config_label(configs.loc[i]) for i in best]
         in_task = tests[tests.task == task] if not tests.empty else tests
         all_tie = len(best) == len(scored) and len(best) > 1
