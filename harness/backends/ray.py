@@ -15,7 +15,8 @@ calls of up to 1000 points):
   Ray queue and the launcher writes them, one writer, as with the local backend. Actors on
   other machines cannot reach a local file: `check` refuses that combination.
 Either way each actor says how far its cell has come (`Steps`, every few seconds) through a
-Ray queue, the progress bar's one channel when actors write to a server.
+Ray queue, the progress bar's one channel when actors write to a server; losing that queue
+with its node stops those reports only.
 
 Each actor is handed cells only once it has started (its `ready` call answered), so a cell
 never waits behind an actor that Ray cannot place. An actor that dies with its cell (its
