@@ -2,11 +2,16 @@
 
   (a) a plain PyTorch loop, no tracking;
   (b) Lightning with its stock MLFlowLogger, `self.log("train/loss")` every step;
-  (c) a harness run (`train_run`): every step's train/loss and grad_norm in MLflow.
+  (c) a harness run (`train_run`): every step's train/loss and grad_norm in MLflow;
+  (d) the same harness run telling a pipe how far it has come, as a grid's worker tells its
+      launcher for the progress bar (harness.progress.StepReports).
 
-(b) and (c) are timed over `trainer.fit` (no validation inside it), (a) over its loop.
-The three are interleaved, `--repeats` times, in one process, and the medians compared,
-because the machines here are shared and noisy. Ratios are printed last.
+(b), (c) and (d) are timed over `trainer.fit` (no validation inside it), (a) over its loop.
+The four are interleaved, `--repeats` times, in one process, and the medians compared,
+because the machines here are shared and noisy. Ratios are printed last. What (d) adds is
+also timed on its own, which a busy machine disturbs far less than a whole run: the step
+reports' work at every step (a million calls) and one report sent and received through a
+pipe (a thousand), each the best of five tries, put against (c)'s time per step.
 
     .venv/bin/python benchmarks/overhead.py [--steps 300] [--repeats 5] [--model quick|default]
 """
@@ -14,19 +19,23 @@ because the machines here are shared and noisy. Ratios are printed last.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.loggers import MLFlowLogger
 
+from harness.backends.base import Steps
 from harness.config import RunConfig, resolve
 from harness.models.lightning_module import AttentionTaskModule
 from harness.optim import build_optimizer, build_scheduler
+from harness.progress import REPORT_EVERY, StepReports
 from harness.train import prepare, train_run
 from tasks.loaders import RandomBatches
 
@@ -95,6 +104,46 @@ def harness_run(cfg: RunConfig, accelerator: str, store: Path) -> float:
     return result.fit_seconds
 
 
+def harness_run_reporting(cfg: RunConfig, accelerator: str, store: Path) -> tuple[float, int]:
+    """(c) with a worker's step reports sent down a pipe; the seconds and the reports sent."""
+    here, there = mp.Pipe(duplex=False)
+
+    def report(steps: int, seconds: float) -> None:
+        there.send(Steps("run", steps, seconds))
+
+    result = train_run(
+        cfg, tracking_uri=f"sqlite:///{store}", experiment="harness", accelerator=accelerator,
+        report=report,
+    )  # fmt: skip
+    sent = 0
+    while here.poll():
+        here.recv()
+        sent += 1
+    return result.fit_seconds, sent
+
+
+def report_costs() -> tuple[float, float]:
+    """Seconds the step reports take at each step (a report every REPORT_EVERY seconds
+    aside), and seconds to send one report down a pipe and receive it: best of five tries."""
+    callback = StepReports(lambda steps, seconds: None)
+    trainer = SimpleNamespace(global_step=1)
+    per_step, per_report = [], []
+    for _ in range(5):
+        callback.on_train_start()
+        callback.on_train_batch_end(trainer)  # the first step's report: the rest wait
+        started = time.perf_counter()
+        for _ in range(1_000_000):
+            callback.on_train_batch_end(trainer)
+        per_step.append((time.perf_counter() - started) / 1_000_000)
+        here, there = mp.Pipe(duplex=False)
+        started = time.perf_counter()
+        for i in range(1000):
+            there.send(Steps("run", i, 0.5))
+            here.recv()
+        per_report.append((time.perf_counter() - started) / 1000)
+    return min(per_step), min(per_report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="copy")
@@ -116,14 +165,21 @@ def main() -> None:
         overrides |= QUICK_MODEL
     cfg = resolve(args.task, args.attention, "adam", steps=args.steps, overrides=overrides)
     device = pl.Trainer(accelerator=args.accelerator, devices=1, logger=False).strategy.root_device
-    times: dict[str, list[float]] = {"plain": [], "stock": [], "harness": []}
+    times: dict[str, list[float]] = {"plain": [], "stock": [], "harness": [], "reports": []}
+    sent = []
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "mlflow.db"
         harness_run(cfg, args.accelerator, store)  # warm-up: store migrations, imports, caches
         for i in range(args.repeats):
             times["plain"].append(plain_loop(cfg, device))
             times["stock"].append(stock_mlflow_logger(cfg, args.accelerator, store))
-            times["harness"].append(harness_run(cfg, args.accelerator, store))
+            for variant in ("harness", "reports")[:: 1 if i % 2 else -1]:  # (c) (d), (d) (c)
+                if variant == "harness":
+                    times["harness"].append(harness_run(cfg, args.accelerator, store))
+                else:
+                    seconds, reports = harness_run_reporting(cfg, args.accelerator, store)
+                    times["reports"].append(seconds)
+                    sent.append(reports)
             print(f"repeat {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()))
     med = {k: statistics.median(v) for k, v in times.items()}
     print(
@@ -135,12 +191,26 @@ def main() -> None:
         ("plain", "(a) plain loop"),
         ("stock", "(b) Lightning + MLFlowLogger"),
         ("harness", "(c) harness"),
+        ("reports", "(d) harness + step reports"),
     ):
         print(
             f"{label:<30} median {med[name]:.3f} s  ({1000 * med[name] / args.steps:.2f} ms/step)"
         )
     print(f"ratio (b)/(a) = {med['stock'] / med['plain']:.2f}")
     print(f"ratio (c)/(a) = {med['harness'] / med['plain']:.2f}")
+    ratios = [d / c for c, d in zip(times["harness"], times["reports"], strict=True)]
+    print(
+        f"ratio (d)/(c) = {med['reports'] / med['harness']:.3f} (median of the repeats' own "
+        f"ratios {statistics.median(ratios):.3f}); step reports sent per run: {sent}"
+    )
+    step, report = report_costs()
+    cost = args.steps * step + statistics.median(sent) * report  # one run's reports
+    print(
+        f"step reports on their own: {1e9 * step:.0f} ns a step, {1e6 * report:.0f} us a "
+        f"report (after the first step, every {REPORT_EVERY:g} s, at the end); a run of (c) "
+        f"pays {1e3 * cost:.3f} ms for them in {med['harness']:.2f} s: "
+        f"{cost / med['harness']:.1e} of its training time"
+    )
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ marked KILLED and their cells run again. A FINISHED run made by other code or on
 asks to train its cell again. Each time a tune cell ends, `protocol_step`
 (harness.grid) is asked again; it answers with the next rung's tune cells once a rung of
 successive halving is complete, and once the group's tuning is complete with the chosen rate
-and the final cells; new cells join the queue.
+and the final cells; new cells join the queue. Workers say every few seconds how far their
+cell has come (`Steps`); the progress bar (harness.progress.GridProgress) counts those steps
+against the plan's.
 
 When the store cannot be written the grid stops rather than fail every cell that follows:
 - a tracking server that stays unreachable past the deadline of harness.retry (a server
@@ -42,10 +44,18 @@ from rich.console import Console
 import harness
 from harness import schema
 from harness.backends import make_pool
-from harness.backends.base import Done, Event, Job, LogArtifact, Lost
+from harness.backends.base import Done, Event, Job, LogArtifact, Lost, Steps
 from harness.config import RunConfig
 from harness.errors import UserError
-from harness.grid import Group, TuneResult, groups, plan, plan_json, protocol_step, tune_rungs
+from harness.grid import (
+    Group,
+    TuneResult,
+    groups,
+    plan_json,
+    planned_cells,
+    protocol_step,
+    tune_rungs,
+)
 from harness.progress import GridProgress
 from harness.provenance import ReuseCheck
 from harness.retry import RetryingClient, TrackingUnreachable, tracking_deadline
@@ -142,6 +152,11 @@ class Launcher:
         self.rerun_changed = rerun_changed
         self.changed: list[tuple[str, Mapping[str, str]]] = []  # ("code" | "data", run tags)
         self._told = 0  # how many of them a line has named
+        # Training steps per group, for the progress bar: planned (as harness.grid.plan counts
+        # them), and of the cells queued or skipped so far
+        self.planned_steps: dict[Group, int] = defaultdict(int)
+        self.queued_steps: dict[Group, int] = defaultdict(int)
+        self.held: set[Group] = set()  # groups whose tuning lost a cell: no more cells now
 
     # planning --------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -154,9 +169,14 @@ class Launcher:
         self._mark_stale(runs)
         self.done = schema.finished_by_cell(runs)
         self.reuse = ReuseCheck(git_commit())
+        planned = planned_cells(self.spec)
+        for cell in planned:
+            self.planned_steps[cell.group] += cell.cfg.steps
+        self.total = len(planned)
+        steps = sum(self.planned_steps.values())
+        self.bar = GridProgress(self.spec.name, self.total, steps, self.console, self.show_progress)
         for group in self.groups:
             self._release(group)
-        self.total = plan(self.spec).cells
         self._tell_changed()
 
     def _queue(self, cells: list[RunConfig], group: Group) -> None:
@@ -165,6 +185,7 @@ class Launcher:
         data is noted, and its cell waits for a worker too with `rerun_changed`."""
         for cfg in cells:
             self.queued.add(cfg.cell_id)
+            self.queued_steps[group] += cfg.steps
             run = self.done.get(cfg.cell_id)
             why = None if run is None else self.reuse.changed(cfg, run.data.tags)
             if why:
@@ -173,6 +194,7 @@ class Launcher:
                 self.pending.append((cfg, group))
             else:
                 self.outcome.counts[cfg.phase]["skipped"] += 1
+                self.bar.skipped(cfg.steps)
                 if cfg.phase == "tune":
                     self.tune_results[group].append(TuneResult.from_run(cfg, run))
 
@@ -249,15 +271,14 @@ class Launcher:
             self.backend, self.workers, self.accelerator, self.client.tracking_uri,
             self.backend_options,
         )  # fmt: skip
-        bar = GridProgress(self.spec.name, self.total, self.console, self.show_progress)
         try:
-            with bar:
+            with self.bar:
                 while self.pending or self.in_flight:
                     while self.pending and pool.idle:
                         pool.submit(self._start(*self.pending.pop(0)))
                     for event in pool.poll(timeout=0.5):
                         self._handle(event)
-                    bar.update(self.outcome.counts, running=len(self.in_flight))
+                    self.bar.update(self.outcome.counts, running=len(self.in_flight))
         except TrackingUnreachable as err:  # nothing can be marked: the next launch does it
             pool.shutdown(kill=True)
             raise GridStopped(_stopped(err, list(self.in_flight))) from None
@@ -304,6 +325,10 @@ class Launcher:
         self.client.set_terminated(run_id, "FAILED")
 
     def _handle(self, event: Event) -> None:
+        if isinstance(event, Steps):  # how far a running cell has come
+            if event.run_id in self.in_flight:
+                self.bar.trained(event.run_id, event.steps, event.seconds)
+            return
         if not isinstance(event, Done | Lost):  # a write a worker made
             started = time.perf_counter()
             try:
@@ -328,6 +353,7 @@ class Launcher:
                 self.outcome.worker_overhead[event.run_id] = event.seconds - event.fit_seconds
         del self.in_flight[event.run_id]  # ended in the store
         self.outcome.counts[cfg.phase][outcome] += 1
+        self.bar.ended(event.run_id, cfg.steps, complete=outcome == "ok")
         if cfg.phase == "tune" and outcome in ("ok", "diverged"):
             # A failed or lost tune cell has no result: its group's final cells wait for the
             # next launch, which runs the cell again (as `status` counts it), so a group never
@@ -338,6 +364,17 @@ class Launcher:
             )
             self.tune_results[cell.group].append(result)
             self._release(cell.group)
+        elif cfg.phase == "tune":
+            self._hold(cell.group)
+
+    def _hold(self, group: Group) -> None:
+        """A tune cell of `group` failed or was lost: the group runs no more cells in this
+        launch (its next rung or final cells wait for a result the cell never gave), so their
+        steps leave the progress bar's total."""
+        if group in self.held:
+            return
+        self.held.add(group)
+        self.bar.drop(self.planned_steps[group] - self.queued_steps[group])
 
 
 def _patient(client: MlflowClient, console: Console, deadline: float | None) -> MlflowClient:

@@ -16,6 +16,7 @@ import socket
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -30,7 +31,7 @@ from harness.models.lightning_module import AttentionTaskModule
 from harness.models.transformer import AttentionModel, n_params
 from harness.optim import build_optimizer, build_scheduler
 from harness.probe import log_attention_figure
-from harness.progress import StepProgress
+from harness.progress import StepProgress, StepReports
 from harness.provenance import data_digests, dataset_inputs, run_provenance
 from harness.tracking import (
     MlflowRunLogger,
@@ -107,8 +108,10 @@ def train_run(
     parent_run_id: str | None = None,
     accelerator: str = "auto",
     progress: bool = False,
+    report: Callable[[int, float], None] | None = None,
 ) -> RunResult:
-    """Check the cell, create its MLflow run, train and evaluate it (`harness train`)."""
+    """Check the cell, create its MLflow run, train and evaluate it (`harness train`);
+    `report(steps, seconds)` as for `run_cell`."""
     prepared = prepare(cfg)  # the user's mistakes surface here, before any run exists
     client = MlflowClient(tracking_uri)
     exp_id = experiment_id(client, experiment)
@@ -116,7 +119,9 @@ def train_run(
     logger = MlflowRunLogger.start_run(
         client, exp_id, cfg.run_name, cfg.flat_params(), tags, parent_run_id
     )
-    return run_cell(cfg, logger, accelerator=accelerator, progress=progress, prepared=prepared)
+    return run_cell(
+        cfg, logger, accelerator=accelerator, progress=progress, prepared=prepared, report=report
+    )
 
 
 def run_cell(
@@ -127,9 +132,11 @@ def run_cell(
     progress: bool = False,
     prepared: tuple[Task, TaskData, AttentionTaskModule] | None = None,
     node: str | None = None,
+    report: Callable[[int, float], None] | None = None,
 ) -> RunResult:
     """Train and evaluate one cell into an MLflow run that already exists; `node` names the
-    machine it trains on (harness.node; default: this host's name).
+    machine it trains on (harness.node; default: this host's name); `report(steps, seconds)`
+    hears how far training has come every few seconds (harness.progress.StepReports).
 
     The run ends FINISHED (outcome ok or diverged), FAILED (the error as tag and artifact,
     then re-raised) or KILLED (on KeyboardInterrupt or SystemExit, re-raised).
@@ -144,6 +151,8 @@ def run_cell(
         callbacks: list[pl.Callback] = [steps_cb]
         if progress:
             callbacks.append(StepProgress(cfg.run_name, cfg.steps, steps_cb))
+        if report is not None:
+            callbacks.append(StepReports(report))
         trainer = _trainer(cfg, accelerator, callbacks)
         trainer.loggers = [logger]
         device = trainer.strategy.root_device

@@ -30,6 +30,7 @@ from harness.backends.base import (
     LogTags,
     Lost,
     Pool,
+    Steps,
     Terminate,
 )
 from harness.backends.local import LocalPool, PipeSink
@@ -153,12 +154,20 @@ def test_a_local_pool_trains_a_cell_and_reports_it_in_typed_events(client: Mlflo
         assert pool.shutdown() == []
     done = events[-1]
     assert isinstance(done, Done) and done.run_id == logger.run_id, done
-    assert all(isinstance(e, WRITES) and e.run_id == logger.run_id for e in events[:-1])
+    assert all(isinstance(e, (*WRITES, Steps)) and e.run_id == logger.run_id for e in events[:-1])
     assert done.outcome == "ok" and schema.VAL_LOSS in done.metrics
+    # How far training has come, while it trains: after the first step, at most once every
+    # REPORT_EVERY seconds, and at its end (10 steps: not a message per step)
+    steps = [e for e in events if isinstance(e, Steps)]
+    assert steps[0].steps == 1 and steps[-1].steps == 10
+    assert [e.steps for e in steps] == sorted(e.steps for e in steps) and len(steps) < 10
+    assert steps[-1].seconds <= done.fit_seconds
     # A short run's points, params and tags cost the launcher one log_batch, sent as the
     # run ends: after its artifacts, before Terminate (so a FINISHED run is whole) and `Done`;
     # its datasets (harness.provenance) one log_inputs, as soon as its data is built.
-    assert [type(e) for e in events] == [LogInputs, *[LogArtifact] * 3, LogBatch, Terminate, Done]
+    kinds = [type(e) for e in events]
+    assert kinds == [LogInputs, *[Steps] * len(steps), *[LogArtifact] * 3, LogBatch, Terminate,
+                     Done]  # fmt: skip
     artifacts = {e.path for e in events if isinstance(e, LogArtifact)}
     assert artifacts == {schema.CONFIG_JSON, schema.TEST_OUTCOMES, schema.ATTENTION_MAPS}
     run = client.get_run(logger.run_id)

@@ -164,6 +164,43 @@ def test_a_cell_that_raises_is_failed_and_the_rest_finish(
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"]
 
 
+def test_the_progress_bar_counts_steps_as_workers_report_them(
+    tracking_uri: str, client: MlflowClient, tmp_path: Path
+) -> None:
+    """Real workers report how far their cell has come while it trains; the bar counts those
+    steps before the cell ends, and ends full."""
+    import io
+
+    from handled import record, steps_before_end
+    from rich.console import Console
+
+    from harness.backends.base import Done
+    from harness.launch import Launcher
+    from harness.progress import REPORT_EVERY
+    from harness.spec import load_grid
+
+    path = _grid(tmp_path, "steps", protocol="fixed", attention=["dot"],
+                 optimizers=[{"name": "adam", "lr": 0.003}], seeds=[0],
+                 budget={"steps": 120, "val_every": 60})  # fmt: skip
+    console = Console(file=io.StringIO(), record=True, width=120)
+    launcher = Launcher(load_grid(str(path)), client, "steps", 1, "cpu", console, progress=True)
+    launcher.prepare()
+    seen = record(launcher)
+    outcome = launcher.run()
+    assert outcome.counts["final"]["ok"] == 1
+    (steps,) = steps_before_end(seen).values()
+    (done,) = [e for e, _ in seen if isinstance(e, Done)]
+    # after the first step, now and then, and at the end; never one per step
+    assert steps[0].steps == 1 and steps[-1].steps == 120
+    assert [s.steps for s in steps] == sorted(s.steps for s in steps)
+    assert len(steps) <= done.fit_seconds / REPORT_EVERY + 2
+    # when the cell's Done came, the bar had counted its steps already
+    assert [counted for e, counted in seen if e is done] == [120]
+    assert launcher.bar.done == launcher.bar.total == launcher.bar.trained_here == 120
+    line = console.export_text().strip().splitlines()[-1]
+    assert "120/120 steps" in line and "cells 1/1" in line and "failed 0" in line
+
+
 def test_dry_run_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = _grid(tmp_path, "dry", attention=["dot", "additive"], optimizers=["adam", "sgd"])
     uri = f"sqlite:///{tmp_path}/dry.db"
@@ -351,7 +388,7 @@ def test_a_failed_tune_cell_holds_back_its_groups_final_cells(
 
     from rich.console import Console
 
-    from harness.grid import groups
+    from harness.grid import groups, plan
     from harness.launch import Launcher
     from harness.spec import grid_from_dict
 
@@ -367,6 +404,11 @@ def test_a_failed_tune_cell_holds_back_its_groups_final_cells(
     first.prepare()
     outcome = first.run()
     assert set(outcome.chosen_lr) == {sgd}  # adam waits for its failed tune cell
+    # The progress bar ends full: of 12 cells planned, the steps of the failed cell, of sgd's
+    # diverged one (no steps reported by this scripted pool) and of adam's two final cells (not
+    # run in this launch) leave its total
+    steps = plan(spec).steps // 12
+    assert first.bar.total == first.bar.done == first.bar.trained_here == 8 * steps
     rows, chosen = _status(client, spec)
     assert set(chosen) == {sgd.label}
     assert rows["final"] == [2, 0, 0, 0, 2]  # sgd's finals done, adam's pending
@@ -375,6 +417,9 @@ def test_a_failed_tune_cell_holds_back_its_groups_final_cells(
                       backend=_scripted_backend(client, monkeypatch))  # fmt: skip
     second.prepare()
     second.run()
+    # the cells finished in the first launch are done from the start, not trained in this one
+    assert second.bar.done == second.bar.total == plan(spec).steps
+    assert second.bar.trained_here == 3 * steps and second.bar.skipped_steps == 9 * steps
     final = [r for r in _children(client, spec.name) if r.data.tags["harness.phase"] == "final"]
     rates = {(r.data.params["optimizer"], float(r.data.params["lr"])) for r in final}
     assert rates == {("adam", 1e-2), ("sgd", 0.1)}  # one rate per group
@@ -459,6 +504,9 @@ def test_successive_halving_promotes_the_best_third_and_resumes_rung_by_rung(
     outcome = second.run()
     [group] = outcome.chosen_lr
     assert outcome.chosen_lr[group] == 1e-2
+    # the plan's steps are exact under halving: the bar ends full, at the planned total
+    assert second.bar.done == second.bar.total == plan(spec).steps
+    assert second.bar.skipped_steps == 5 * 10 + 30 and second.bar.trained_here == 30 + 2 * 90
     rows, chosen = _status(client, spec)
     assert rows == {"tune": [7, 0, 0, 0, 0], "final": [2, 0, 0, 0, 0]}
     runs = [r for r in _children(client, spec.name) if r.info.status == "FINISHED"]

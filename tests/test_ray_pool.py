@@ -15,7 +15,7 @@ import yaml
 from mlflow import MlflowClient
 
 from harness import schema
-from harness.backends.base import Done, Job, Lost
+from harness.backends.base import Done, Job, Lost, Steps
 from harness.cli import main
 from harness.config import resolve
 from harness.tracking import MlflowRunLogger, experiment_id, run_tags
@@ -37,8 +37,8 @@ def one_cpu() -> Iterator[None]:
     ray.shutdown()
 
 
-def _job(client: MlflowClient, seed: int) -> Job:
-    cfg = resolve("copy", "dot", "adam", lr=3e-3, seed=seed, steps=5, overrides=TINY)
+def _job(client: MlflowClient, seed: int, steps: int = 5) -> Job:
+    cfg = resolve("copy", "dot", "adam", lr=3e-3, seed=seed, steps=steps, overrides=TINY)
     tags = run_tags(cfg, "pool")
     logger = MlflowRunLogger.create(client, experiment_id(client, "pool"), cfg.run_name, tags)
     return Job(cfg.to_dict(), logger.run_id)
@@ -53,7 +53,7 @@ def _poll_until(pool: ray_backend.RayPool, client: MlflowClient, done, what: str
         assert time.monotonic() < deadline, f"no {what}: {events}"
         for event in pool.poll(timeout=0.5):
             events.append(event)
-            if not isinstance(event, Done | Lost):
+            if not isinstance(event, Done | Lost | Steps):  # a write
                 event.apply(client)
         assert pool.idle <= 1
     return events
@@ -90,6 +90,49 @@ def test_cells_go_only_to_started_actors_and_a_dead_one_loses_only_its_cell(
     node = ray.get_runtime_context().get_node_id()
     assert run.data.tags[schema.NODE] == f"{socket.gethostname()}/{node[:8]}"
     assert client.get_run(lost.run_id).info.status == "RUNNING"  # the launcher marks it KILLED
+
+
+@pytest.mark.parametrize("store", ["local", "server"])
+def test_each_cell_reports_its_steps_and_a_lost_progress_queue_loses_only_that(
+    store: str, one_cpu: None, tracking_uri: str, client: MlflowClient, server_url: str
+) -> None:
+    """Through the Ray queue, also when actors write to a tracking server themselves; there
+    the queue carries only `Steps`, and losing it (its node gone) stops them, not the grid."""
+    uri = server_url if store == "server" else tracking_uri
+    client = MlflowClient(uri)
+    pool = ray_backend.RayPool(1, "cpu", None, uri)
+    try:
+        _poll_until(pool, client, lambda _: pool.idle == 1, "started actor")
+        first = _job(client, seed=0, steps=20)
+        pool.submit(first)
+        events = _poll_until(pool, client, lambda e: any(isinstance(x, Done) for x in e), "cell")
+        steps = [e.steps for e in events if isinstance(e, Steps)]
+        assert steps[0] == 1 and steps[-1] == 20 and steps == sorted(steps)
+        assert all(e.run_id == first.run_id for e in events if isinstance(e, Steps))
+        if store == "local":
+            return
+        ray.kill(pool.queue.actor)  # as when the node that holds the queue goes away
+        second = _job(client, seed=1, steps=20)
+        pool.submit(second)
+        events = _poll_until(pool, client, lambda e: any(isinstance(x, Done) for x in e), "cell")
+        assert [e.outcome for e in events if isinstance(e, Done | Lost)] == ["ok"]
+        assert not [e for e in events if isinstance(e, Steps)]
+    finally:
+        pool.shutdown(kill=True)
+    assert client.get_run(second.run_id).info.status == "FINISHED"
+
+
+@pytest.fixture(scope="module")
+def server_url(_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free port of 127.0.0.1."""
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer.over_copy(_template_store, tmp_path_factory.mktemp("server"))
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
 
 
 @ray.remote(num_cpus=1)

@@ -161,6 +161,38 @@ def test_ray_and_local_backends_give_the_same_runs(
         assert (params, tags, counts) == (ray_params, ray_tags, ray_counts)
 
 
+@pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
+@pytest.mark.parametrize("store", ["sqlite", "server"])
+def test_ray_workers_report_their_steps_to_the_progress_bar(
+    store: str, server: str, local_ray: None, tracking_uri: str, tmp_path: Path
+) -> None:
+    """Through the Ray queue, also when the actors write to a tracking server themselves (the
+    launcher sees none of those writes): every cell's steps reach the bar before it ends."""
+    import io
+
+    from handled import record, steps_before_end
+    from rich.console import Console
+
+    from harness.launch import Launcher
+    from harness.spec import load_grid
+
+    name = f"ray_steps_{store}"
+    uri = server if store == "server" else tracking_uri
+    path = write_grid(tmp_path, name)
+    console = Console(file=io.StringIO(), record=True, width=120)
+    launcher = Launcher(load_grid(str(path)), MlflowClient(uri), name, 2, "cpu", console,
+                        progress=True, backend="ray")  # fmt: skip
+    launcher.prepare()
+    seen = record(launcher)
+    launcher.run()
+    reports = steps_before_end(seen)
+    assert len(reports) == 4
+    for steps in reports.values():
+        assert steps[0].steps == 1 and steps[-1].steps == 40
+    assert launcher.bar.done == launcher.bar.total == launcher.bar.trained_here == 4 * 40
+    assert "160/160 steps" in console.export_text()
+
+
 # --------------------------------------------------------------------------- errors
 
 

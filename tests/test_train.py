@@ -139,6 +139,28 @@ def test_divergence_stops_early_and_finishes(tracking_uri: str, client: MlflowCl
     assert not _history(client, result.run_id, "test/acc")
 
 
+def test_a_cell_reports_the_steps_it_really_trained_now_and_then(
+    tracking_uri: str, client: MlflowClient
+) -> None:
+    """What a worker tells the progress bar: after the first step, at most every few
+    seconds, and at the end; a diverged run's last report is the steps it trained."""
+    from harness.progress import REPORT_EVERY
+    from harness.tracking import MlflowRunLogger, experiment_id, run_tags
+    from harness.train import run_cell
+
+    cfg = resolve("copy", "scaled_dot", "sgd", lr=1e4, steps=400, overrides=SMALL)
+    logger = MlflowRunLogger.start_run(
+        client, experiment_id(client, "t"), cfg.run_name, cfg.flat_params(), run_tags(cfg, "t")
+    )
+    reports: list[tuple[int, float]] = []
+    result = run_cell(cfg, logger, accelerator="cpu", report=lambda *r: reports.append(r))
+    assert result.outcome == "diverged"
+    trained = len(_history(client, result.run_id, "train/loss"))
+    assert reports[0][0] == 1 and reports[-1][0] == trained < 400
+    assert reports == sorted(reports) and reports[-1][1] <= result.fit_seconds
+    assert len(reports) <= result.fit_seconds / REPORT_EVERY + 2
+
+
 class KeepsWeights(ScaledDotAttention):
     """Scaled dot product that never returns its weights, as a linear-attention kind would."""
 

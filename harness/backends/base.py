@@ -4,10 +4,10 @@ The launcher hands a `Job` (one cell and the run created for it) to a pool and p
 events: the store writes a worker made (one dataclass per kind of write: `LogBatch`, which
 carries a run's points, params and tags together as one `log_batch` call, `LogArtifact`,
 `LogInputs` (the run's datasets), `Terminate`; and the single-kind `LogMetrics`, `LogParams`,
-`LogTags`), a `Done` when a cell
-has ended, a `Lost` when a worker died with its cell. A write knows how to apply itself to
-an `MlflowClient`, so the launcher, the one writer of a local store, applies them in the
-order they came.
+`LogTags`), a `Steps` now and then while a cell trains (how far it has come, for the progress
+bar: not a write), a `Done` when a cell has ended, a `Lost` when a worker died with its cell.
+A write knows how to apply itself to an `MlflowClient`, so the launcher, the one writer of a
+local store, applies them in the order they came.
 
 Light on purpose (MLflow is imported only when a write is applied): the command line reads
 the backends' options from their modules before any heavy import.
@@ -41,6 +41,17 @@ class Done:
 class Lost:
     run_id: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Steps:
+    """How far a running cell has come: `steps` trained in `seconds` of its training. A worker
+    sends one after the first step, then at most one every few seconds, and one when training
+    ends (harness.progress.StepReports); every backend carries them, whatever the store."""
+
+    run_id: str
+    steps: int
+    seconds: float
 
 
 # --------------------------------------------------------------------------- store writes
@@ -145,7 +156,7 @@ class Terminate:
 
 
 Write = LogBatch | LogMetrics | LogParams | LogTags | LogArtifact | LogInputs | Terminate
-Event = Write | Done | Lost  # what `Pool.poll` yields
+Event = Write | Steps | Done | Lost  # what `Pool.poll` yields
 
 
 # --------------------------------------------------------------------------- the pool

@@ -4,6 +4,7 @@ Each worker is spawned once and trains many cells, so importing torch, Lightning
 (about 4 s) is paid once per worker, not once per cell. Workers never open the MLflow store:
 inside a worker a `PipeSink` stands in for `MlflowClient` and sends every call down the
 worker's own pipe as a typed write (harness.backends.base); the launcher applies them in order.
+The same pipe carries how far the worker's cell has come (`Steps`, every few seconds).
 One writer means no "database is locked" on SQLite, and a worker that dies mid-message breaks
 only its own pipe.
 
@@ -26,7 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from harness.backends.base import (
     LogBatch,
     LogInputs,
     Lost,
+    Steps,
     Terminate,
 )
 
@@ -169,21 +171,34 @@ def worker_main(conn: Connection, threads: int, accelerator: str, gpu: str | Non
     torch.set_num_threads(threads)
     sink = PipeSink(conn)
     while (job := conn.recv()) is not None:
-        conn.send(run_job(sink, job, accelerator))
+        conn.send(run_job(sink, job, accelerator, send=conn.send))
 
 
-def run_job(client: Any, job: Job, accelerator: str, node: str | None = None) -> Done:
-    """Train one cell into its run through `client` (an MlflowClient or a sink); every
-    backend's workers call this. `node`: where it trains, as the run's harness.node tag says
-    (default: this host's name)."""
+def run_job(
+    client: Any,
+    job: Job,
+    accelerator: str,
+    node: str | None = None,
+    send: Callable[[Steps], None] | None = None,
+) -> Done:
+    """Train one cell into its run through `client` (an MlflowClient or a sink), telling
+    `send` how far it has come (`Steps`, every few seconds); every backend's workers call this.
+    `node`: where it trains, as the run's harness.node tag says (default: this host's name)."""
     from harness.config import RunConfig
     from harness.tracking import MlflowRunLogger
     from harness.train import run_cell
 
     cfg = RunConfig(**job.cfg)
+
+    def report(steps: int, seconds: float) -> None:
+        send(Steps(job.run_id, steps, seconds))
+
     try:
         logger = MlflowRunLogger(client, job.run_id)
-        result = run_cell(cfg, logger, accelerator=accelerator, node=node)
+        result = run_cell(
+            cfg, logger, accelerator=accelerator, node=node,
+            report=None if send is None else report,
+        )  # fmt: skip
     except Exception:  # run_cell has recorded the error in the run, which is FAILED
         return Done(job.run_id, "failed")
     return Done(job.run_id, result.outcome, result.metrics, result.seconds, result.fit_seconds)

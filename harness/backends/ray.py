@@ -14,6 +14,9 @@ calls of up to 1000 points):
 - with a local store (SQLite) on a local Ray instance, actors send their calls through a
   Ray queue and the launcher writes them, one writer, as with the local backend. Actors on
   other machines cannot reach a local file: `check` refuses that combination.
+Either way each actor says how far its cell has come (`Steps`, every few seconds) through a
+Ray queue, the progress bar's one channel when actors write to a server; losing that queue
+with its node stops those reports only.
 
 Each actor is handed cells only once it has started (its `ready` call answered), so a cell
 never waits behind an actor that Ray cannot place. An actor that dies with its cell (its
@@ -42,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.backends import check_cells_per_gpu
-from harness.backends.base import Done, Event, Job, Lost, Write
+from harness.backends.base import Done, Event, Job, Lost, Steps, Write
 from harness.backends.local import PipeSink, run_job
 from harness.errors import UserError
 from harness.retry import tracking_deadline
@@ -148,7 +151,7 @@ class _QueueConn:
     def __init__(self, queue: Any) -> None:
         self.queue = queue
 
-    def send(self, message: Write) -> None:
+    def send(self, message: Write | Steps) -> None:
         self.queue.put(message)  # blocks until the queue holds it: ordered before "done"
 
 
@@ -171,6 +174,7 @@ class CellWorker:
         quiet_libraries()
         self.accelerator = accelerator
         self.node = ray_node()
+        self.progress: _QueueConn | None = _QueueConn(queue)  # whatever the store
         if tracking_uri:  # a server that goes away: each call retried up to the deadline
             warn = logging.getLogger(__name__).warning
             self.client = RetryingClient(MlflowClient(tracking_uri), deadline, warn)
@@ -182,7 +186,19 @@ class CellWorker:
         return True
 
     def run(self, job: Job) -> Done:
-        return run_job(self.client, job, self.accelerator, self.node)
+        return run_job(self.client, job, self.accelerator, self.node, self.report)
+
+    def report(self, steps: Steps) -> None:
+        """How far a cell has come, on the queue. A queue lost with its node loses only that:
+        cells train on, and the launcher counts each when it ends."""
+        import ray
+
+        if self.progress is None:
+            return
+        try:
+            self.progress.send(steps)
+        except ray.exceptions.RayError:
+            self.progress = None
 
 
 def ray_node() -> str:
@@ -229,8 +245,8 @@ class RayPool:
                 ray.init(address=address, **_INIT)
         on_gpu = accelerator in GPU_ACCELERATORS or _auto_gpu(ray, accelerator)
         workers = workers or _default_actors(ray, cells_per_gpu if on_gpu else None)
-        direct = is_http(tracking_uri)  # actors write to the server themselves
-        self.queue = None if direct else Queue()
+        self.direct = direct = is_http(tracking_uri)  # actors write to the server themselves
+        self.queue = Queue()  # every cell's `Steps`; with a local store, its writes too
         threads = max(1, (os.cpu_count() or 1) // workers) if local else 1
         gpus = actor_gpus(on_gpu, cells_per_gpu or 1)
         actor = ray.remote(num_cpus=1, num_gpus=gpus, max_restarts=0)(CellWorker)
@@ -323,9 +339,14 @@ class RayPool:
                 f"room for one ({self.need}); run the same command again when it has"
             )
 
-    def _drain_queue(self) -> Iterable[Write]:
-        while self.queue is not None and not self.queue.empty():
-            yield from self.queue.get_nowait_batch(min(QUEUE_BATCH, self.queue.qsize()))
+    def _drain_queue(self) -> Iterable[Write | Steps]:
+        try:
+            while self.queue is not None and not self.queue.empty():
+                yield from self.queue.get_nowait_batch(min(QUEUE_BATCH, self.queue.qsize()))
+        except self.ray.exceptions.RayActorError:
+            if not self.direct:  # it carried the runs' writes
+                raise
+            self.queue = None  # it carried only `Steps`: cells are counted when they end
 
     def shutdown(self, kill: bool = False) -> list[Job]:
         running = [s.job for s in self._slots if s.job is not None]
