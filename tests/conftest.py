@@ -14,6 +14,7 @@ from pathlib import Path
 import postgres_server
 import pytest
 from mlflow import MlflowClient
+from mlflow_server import MlflowServer
 
 STORES = ["sqlite", "postgres"]  # the `store` fixture's parameters
 
@@ -38,6 +39,18 @@ def tracking_uri(_template_store: Path, tmp_path: Path, monkeypatch: pytest.Monk
 @pytest.fixture
 def client(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def server_url(_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `mlflow server` on a free port of 127.0.0.1 (SQLite store, served artifacts),
+    one per test module: starting one takes seconds."""
+    server = MlflowServer.over_copy(_template_store, tmp_path_factory.mktemp("server"))
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

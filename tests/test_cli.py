@@ -16,10 +16,10 @@ from mlflow.entities import Param
 import harness
 from harness import schema
 from harness.cli import main
-from harness.grid import final_cells, groups
+from harness.grid import Group, final_cells, groups
 from harness.models.attention import ATTENTION
 from harness.optim import OPTIMIZERS
-from harness.spec import load_grid
+from harness.spec import GridSpec, load_grid
 from tasks import TASKS
 
 
@@ -138,18 +138,24 @@ def _completion(shell: str) -> str:
     return done.stdout
 
 
+def _one_group_grid(folder: Path, seeds: int) -> tuple[Path, GridSpec, Group]:
+    """A fixed-protocol grid g.yaml with one group (copy/dot/adam) and `seeds` seeds."""
+    grid = folder / "g.yaml"
+    grid.write_text(
+        "name: g\nprotocol: fixed\ntasks: [copy]\nattention: [dot]\n"
+        f"optimizers: [{{name: adam, lr: 0.001}}]\nseeds: {list(range(seeds))}\n"
+    )
+    spec = load_grid(str(grid))
+    (group,) = groups(spec)
+    return grid, spec, group
+
+
 def test_status_reads_a_grid_launched_into_another_experiment(
     client: MlflowClient, tracking_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`harness run grid.yaml --experiment elsewhere`, then `harness status grid.yaml
     --experiment elsewhere`: the finished cell is found where the grid put it."""
-    grid = tmp_path / "g.yaml"
-    grid.write_text(
-        "name: g\nprotocol: fixed\ntasks: [copy]\nattention: [dot]\n"
-        "optimizers: [{name: adam, lr: 0.001}]\nseeds: [0, 1]\n"
-    )
-    spec = load_grid(str(grid))
-    (group,) = groups(spec)
+    grid, spec, group = _one_group_grid(tmp_path, seeds=2)
     cfg = final_cells(spec, group, group.fixed_lr)[0]
     tags = {schema.CELL_ID: cfg.cell_id, schema.GRID: "g", schema.PHASE: "final",
             schema.OUTCOME: "ok"}  # fmt: skip
@@ -182,13 +188,7 @@ def test_status_counts_the_cells_each_node_trained_when_there_are_several(
 ) -> None:
     """Three finished cells on two Ray nodes (their harness.node tags), one on a third node
     that did not finish: the line counts the cells that count, per node."""
-    grid = tmp_path / "g.yaml"
-    grid.write_text(
-        "name: g\nprotocol: fixed\ntasks: [copy]\nattention: [dot]\n"
-        "optimizers: [{name: adam, lr: 0.001}]\nseeds: [0, 1, 2, 3]\n"
-    )
-    spec = load_grid(str(grid))
-    (group,) = groups(spec)
+    grid, spec, group = _one_group_grid(tmp_path, seeds=4)
     exp = client.create_experiment("g")
     trained = [("host/aaaa0001", "FINISHED"), ("host/bbbb0002", "FINISHED"),
                ("host/aaaa0001", "FINISHED"), ("host/cccc0003", "KILLED")]  # fmt: skip

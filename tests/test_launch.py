@@ -164,6 +164,7 @@ def test_a_cell_that_raises_is_failed_and_the_rest_finish(
     assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED"]
 
 
+@pytest.mark.slow  # 13 s on 2 cores (tests/test_progress.py keeps the arithmetic fast)
 def test_the_progress_bar_counts_steps_as_workers_report_them(
     tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:

@@ -36,6 +36,7 @@ def pg_store(_postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return _postgres.create_database(f"t_{tmp_path.name[-20:].lower()}", template="template_mlflow")
 
 
+@pytest.mark.slow  # 30 s with the server's start: `make test-slow` (CI runs both suites)
 def test_a_grid_written_by_the_launcher_to_postgresql_is_complete_and_resumes(
     pg_store: str, tmp_path: Path
 ) -> None:

@@ -23,6 +23,8 @@ from harness.tracking import MlflowRunLogger, experiment_id, run_tags
 ray = pytest.importorskip("ray", reason="the `ray` extra (make test installs it)")
 from harness.backends import ray as ray_backend  # noqa: E402  (needs ray)
 
+pytestmark = pytest.mark.slow  # a real Ray instance, 2 min on 2 cores: `make test-slow`
+
 TINY = {  # a 4-symbol copy, a 16-wide one-layer model: a second or two a cell
     "task.length": 4, "task.n_train": 256, "model.d_model": 16, "model.d_ff": 32,
     "model.d_k": 8, "model.n_layers": 1, "train.batch_size": 32, "train.val_every": 5,
@@ -120,19 +122,6 @@ def test_each_cell_reports_its_steps_and_a_lost_progress_queue_loses_only_that(
     finally:
         pool.shutdown(kill=True)
     assert client.get_run(second.run_id).info.status == "FINISHED"
-
-
-@pytest.fixture(scope="module")
-def server_url(_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free port of 127.0.0.1."""
-    from mlflow_server import MlflowServer
-
-    server = MlflowServer.over_copy(_template_store, tmp_path_factory.mktemp("server"))
-    try:
-        server.start()
-        yield server.url
-    finally:
-        server.stop()
 
 
 @ray.remote(num_cpus=1)

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from mlflow_server import MlflowServer, free_port, wait_for_http
+from mlflow_server import free_port, wait_for_http
 
 from harness.cli import main
 
@@ -70,17 +70,6 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def server(_template_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `mlflow server` on a free port of 127.0.0.1, SQLite store, served artifacts."""
-    server = MlflowServer.over_copy(_template_store, tmp_path_factory.mktemp("server"))
-    try:
-        server.start()
-        yield server.url
-    finally:
-        server.stop()
-
-
 # --------------------------------------------------------------------------- tracking server
 
 
@@ -109,21 +98,22 @@ def _check_over_rest(url: str, experiment: str) -> None:
         assert {"config.json", "attention_maps.png"} <= {f["path"] for f in files}
 
 
-def test_a_grid_logs_to_a_tracking_server_over_http(server: str, tmp_path: Path) -> None:
+@pytest.mark.slow  # 25 s with the server's start: `make test-slow` (CI runs both suites)
+def test_a_grid_logs_to_a_tracking_server_over_http(server_url: str, tmp_path: Path) -> None:
     path = write_grid(tmp_path, "over_http")
-    assert main(["run", str(path), "--tracking-uri", server, "--workers", "2",
+    assert main(["run", str(path), "--tracking-uri", server_url, "--workers", "2",
                  "--no-progress"]) == 0  # fmt: skip
-    _check_over_rest(server, "over_http")
+    _check_over_rest(server_url, "over_http")
 
 
 @pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_ray_workers_write_to_the_tracking_server_directly(
-    server: str, local_ray: None, tmp_path: Path
+    server_url: str, local_ray: None, tmp_path: Path
 ) -> None:
     path = write_grid(tmp_path, "ray_http")
     assert main(["run", str(path), "--backend", "ray", "--workers", "2",
-                 "--tracking-uri", server, "--no-progress"]) == 0  # fmt: skip
-    _check_over_rest(server, "ray_http")
+                 "--tracking-uri", server_url, "--no-progress"]) == 0  # fmt: skip
+    _check_over_rest(server_url, "ray_http")
 
 
 # --------------------------------------------------------------------------- Ray = local
@@ -164,7 +154,7 @@ def test_ray_and_local_backends_give_the_same_runs(
 @pytest.mark.slow  # 15-40 s on 2 cores: `make test-slow` (CI runs both suites)
 @pytest.mark.parametrize("store", ["sqlite", "server"])
 def test_ray_workers_report_their_steps_to_the_progress_bar(
-    store: str, server: str, local_ray: None, tracking_uri: str, tmp_path: Path
+    store: str, server_url: str, local_ray: None, tracking_uri: str, tmp_path: Path
 ) -> None:
     """Through the Ray queue, also when the actors write to a tracking server themselves (the
     launcher sees none of those writes): every cell's steps reach the bar before it ends."""
@@ -177,7 +167,7 @@ def test_ray_workers_report_their_steps_to_the_progress_bar(
     from harness.spec import load_grid
 
     name = f"ray_steps_{store}"
-    uri = server if store == "server" else tracking_uri
+    uri = server_url if store == "server" else tracking_uri
     path = write_grid(tmp_path, name)
     console = Console(file=io.StringIO(), record=True, width=120)
     launcher = Launcher(load_grid(str(path)), MlflowClient(uri), name, 2, "cpu", console,
