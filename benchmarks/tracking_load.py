@@ -41,7 +41,6 @@ import math
 import multiprocessing as mp
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +52,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the servers the tests start: one way to start them
 
 import postgres_server  # noqa: E402
-from mlflow_server import MlflowServer  # noqa: E402
+from mlflow_server import MlflowServer, migrate  # noqa: E402
 
 PARAMS = 40  # params a cell logs (a real cell of the quick grid logs about this many)
 SPLITS = ("train", "val", "test")  # its datasets, in one log_inputs call
@@ -196,9 +195,7 @@ def measure(url: str, store: str, n: int, args: argparse.Namespace) -> Result:
 def sqlite_template(folder: Path) -> Path:
     """A migrated empty SQLite store, made once (in another process: MLflow keeps it open)."""
     path = folder / "template.db"
-    subprocess.run([sys.executable, "-c", "import sys, mlflow; "
-                    "mlflow.MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{path}"],
-                   check=True, capture_output=True)  # fmt: skip
+    migrate(f"sqlite:///{path}")
     return path
 
 
@@ -210,10 +207,7 @@ def run_store(store: str, counts: list[int], args: argparse.Namespace, folder: P
         if store == "postgres":
             pg = postgres_server.Postgres()
             pg.start()
-            uri = pg.create_database("template_load")
-            subprocess.run([sys.executable, "-c", "import sys, mlflow; "
-                            "mlflow.MlflowClient(sys.argv[1]).search_experiments()", uri],
-                           check=True, capture_output=True)  # fmt: skip
+            migrate(pg.create_database("template_load"))
         else:
             template = sqlite_template(folder)
         for n in counts:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import postgres_server
 import pytest
 from mlflow import MlflowClient
-from mlflow_server import MlflowServer
+from mlflow_server import MlflowServer, migrate
 
 STORES = ["sqlite", "postgres"]  # the `store` fixture's parameters
 
@@ -67,11 +65,7 @@ def _postgres() -> Iterator[postgres_server.Postgres]:
     server.start()
     try:
         uri = server.create_database("template_mlflow")
-        # Migrated in another process: this one would keep connections to the template open,
-        # and PostgreSQL copies only a database nobody is connected to.
-        subprocess.run([sys.executable, "-c", "import sys, mlflow; "
-                        "mlflow.MlflowClient(sys.argv[1]).search_experiments()", uri],
-                       check=True, cwd=server.folder, capture_output=True)  # fmt: skip
+        migrate(uri, cwd=server.folder)
         yield server
     finally:
         server.stop()

@@ -24,6 +24,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def migrate(uri: str, cwd: Path | None = None) -> None:
+    """Create MLflow's tables in the empty store at `uri`, in another process (one that opened
+    the store would keep connections to it, and PostgreSQL copies only a database nobody is
+    connected to, as a template); its Default experiment's artifacts would go under `cwd`."""
+    code = "import sys, mlflow; mlflow.MlflowClient(sys.argv[1]).search_experiments()"
+    subprocess.run([sys.executable, "-c", code, uri], check=True, capture_output=True, cwd=cwd)
+
+
 def wait_for_http(url: str, process: subprocess.Popen, timeout: float = STARTUP) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
