@@ -336,6 +336,7 @@ def readme_run(_template_store: Path, tmp_path_factory: pytest.TempPathFactory) 
     return folder, names
 
 
+@pytest.mark.slow  # a real grid, 16 s on 2 cores: `make test-slow` (CI runs both suites)
 def test_the_readme_example_runs_a_grid_and_plots_its_results(readme_run: Any) -> None:
     folder, names = readme_run
     code = [line for line in readme_example().splitlines() if line.strip()]

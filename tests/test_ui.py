@@ -240,6 +240,7 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(item.decode().partition("=")[::2] for item in raw if item)
 
 
+@pytest.mark.slow  # 12 s a signal on 2 cores: `make test-slow` (CI runs both suites)
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
 @pytest.mark.parametrize(
     ("signum", "user_env"),
